@@ -1,0 +1,404 @@
+//! The proxy configuration schema, `apiVersion: proxy.respmesh.io/v1alpha1`, `kind: ProxyConfig`.
+//!
+//! Every field is documented in `docs/config.md`. Parsing is strict: an unknown field, a wrong
+//! type or a bad duration is an error naming the place. [`ProxyConfig::validate`] then checks
+//! the configuration as a whole and reports every problem it finds, not just the first.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Duration;
+
+pub const API_VERSION: &str = "proxy.respmesh.io/v1alpha1";
+pub const KIND: &str = "ProxyConfig";
+
+/// The whole configuration of one proxy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ProxyConfig {
+    pub api_version: String,
+    pub kind: String,
+    /// Addresses the proxy listens on, each bound to one service.
+    #[serde(default)]
+    pub listeners: Vec<Listener>,
+    /// The Redis services this proxy knows.
+    #[serde(default)]
+    pub services: Vec<Service>,
+    /// Bounds on what clients may send.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// A listening address whose connections all go to one service.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Listener {
+    /// `IP:port` to listen on, e.g. `127.0.0.1:6380` or `[::1]:6380`.
+    pub address: String,
+    /// The `host` of the service that serves this listener's clients.
+    pub service: String,
+}
+
+/// How the proxy talks to a service's endpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Mode {
+    /// One Redis (or several, sharded by key): plain commands, no cluster protocol.
+    #[default]
+    Proxy,
+    /// A Redis Cluster: the proxy speaks the cluster protocol so that clients need not.
+    Cluster,
+}
+
+/// One Redis service.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Service {
+    /// The service's name, e.g. `redis-single.redis.svc.cluster.local`. Unique.
+    pub host: String,
+    /// `IP:port` pairs (a Service's cluster IPs and ports) by which redirected connections are
+    /// recognised as belonging to this service.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// `host:port` of the Redis servers behind the service.
+    pub endpoints: Vec<String>,
+    #[serde(default)]
+    pub mode: Mode,
+    /// Credentials the proxy presents to Redis on every upstream connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<Credentials>,
+    /// Credentials clients must present to the proxy. Without it, clients need no AUTH.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_auth: Option<Credentials>,
+    /// How long a request may wait for its reply before the client gets an error.
+    #[serde(default = "default_op_timeout")]
+    pub op_timeout: Duration,
+    /// How long connecting (and logging in) to an endpoint may take.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Duration,
+}
+
+/// A username (optional) and a password, each given inline or read from a file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Credentials {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<String>,
+}
+
+impl Credentials {
+    /// A copy fit to show (`/config`, logs): inline secrets replaced by `<redacted>`.
+    pub fn redacted(&self) -> Credentials {
+        Credentials {
+            username: self.username.clone(),
+            username_file: self.username_file.clone(),
+            password: self.password.as_ref().map(|_| "<redacted>".to_owned()),
+            password_file: self.password_file.clone(),
+        }
+    }
+}
+
+/// Bounds on client input. A frame over a bound gets `-ERR Protocol error: ...` and the client's
+/// connection is closed; other clients are unaffected.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Limits {
+    /// Largest bulk string (a key or a value), in bytes.
+    #[serde(default = "default_max_bulk_length")]
+    pub max_bulk_length: u64,
+    /// Most elements in one command (the command name and its arguments).
+    #[serde(default = "default_max_array_length")]
+    pub max_array_length: u64,
+    /// Longest inline command (telnet style), in bytes.
+    #[serde(default = "default_max_inline_length")]
+    pub max_inline_length: u64,
+    /// Deepest nesting of aggregate types accepted from upstream replies.
+    #[serde(default = "default_max_nesting_depth")]
+    pub max_nesting_depth: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_bulk_length: default_max_bulk_length(),
+            max_array_length: default_max_array_length(),
+            max_inline_length: default_max_inline_length(),
+            max_nesting_depth: default_max_nesting_depth(),
+        }
+    }
+}
+
+fn default_op_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_max_bulk_length() -> u64 {
+    512 * 1024 * 1024
+}
+fn default_max_array_length() -> u64 {
+    4 * 1024 * 1024
+}
+fn default_max_inline_length() -> u64 {
+    64 * 1024
+}
+fn default_max_nesting_depth() -> u32 {
+    128
+}
+
+/// What is wrong with a configuration: every problem found, each naming its place.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("cannot parse the configuration: {0}")]
+    Parse(String),
+    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+impl ProxyConfig {
+    /// An empty configuration of the current version.
+    pub fn empty() -> Self {
+        ProxyConfig {
+            api_version: API_VERSION.to_owned(),
+            kind: KIND.to_owned(),
+            listeners: Vec::new(),
+            services: Vec::new(),
+            limits: Limits::default(),
+        }
+    }
+
+    /// Parses YAML (JSON is YAML too) and validates the result.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        let config: ProxyConfig =
+            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn service(&self, host: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.host == host)
+    }
+
+    /// Checks the configuration as a whole, collecting every problem.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if self.api_version != API_VERSION {
+            problems.push(format!(
+                "apiVersion: {:?} is not supported; this proxy reads {API_VERSION:?}",
+                self.api_version
+            ));
+        }
+        if self.kind != KIND {
+            problems.push(format!("kind: {:?} must be {KIND:?}", self.kind));
+        }
+        let mut hosts = HashSet::new();
+        let mut addresses = HashSet::new();
+        for (i, svc) in self.services.iter().enumerate() {
+            let at = format!("services[{i}]");
+            if svc.host.trim().is_empty() {
+                problems.push(format!("{at}.host: must not be empty"));
+            } else if !hosts.insert(svc.host.as_str()) {
+                problems.push(format!("{at}.host: {:?} is listed twice", svc.host));
+            }
+            if svc.endpoints.is_empty() {
+                problems.push(format!("{at}.endpoints: at least one endpoint is needed"));
+            }
+            for (j, ep) in svc.endpoints.iter().enumerate() {
+                if let Err(why) = check_host_port(ep) {
+                    problems.push(format!("{at}.endpoints[{j}]: {ep:?} {why}"));
+                }
+            }
+            for (j, addr) in svc.addresses.iter().enumerate() {
+                match addr.parse::<SocketAddr>() {
+                    Ok(a) => {
+                        if !addresses.insert(a) {
+                            problems.push(format!(
+                                "{at}.addresses[{j}]: {addr} belongs to another service too"
+                            ));
+                        }
+                    }
+                    Err(_) => problems
+                        .push(format!("{at}.addresses[{j}]: {addr:?} is not an IP:port address")),
+                }
+            }
+            for (field, creds) in [("auth", &svc.auth), ("clientAuth", &svc.client_auth)] {
+                if let Some(c) = creds {
+                    check_credentials(&format!("{at}.{field}"), c, &mut problems);
+                }
+            }
+            if svc.op_timeout.get().is_zero() {
+                problems.push(format!("{at}.opTimeout: must be more than zero"));
+            }
+            if svc.connect_timeout.get().is_zero() {
+                problems.push(format!("{at}.connectTimeout: must be more than zero"));
+            }
+        }
+        let mut listen = HashSet::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            let at = format!("listeners[{i}]");
+            match l.address.parse::<SocketAddr>() {
+                Ok(a) => {
+                    if !listen.insert(a) {
+                        problems.push(format!("{at}.address: {a} is listed twice"));
+                    }
+                }
+                Err(_) => {
+                    problems.push(format!("{at}.address: {:?} is not an IP:port address", l.address))
+                }
+            }
+            if !hosts.contains(l.service.as_str()) {
+                problems.push(format!("{at}.service: no service has host {:?}", l.service));
+            }
+        }
+        let lim = &self.limits;
+        if lim.max_bulk_length == 0 || lim.max_bulk_length > i64::MAX as u64 {
+            problems.push("limits.maxBulkLength: must be between 1 and 2^63-1".to_owned());
+        }
+        if lim.max_array_length == 0 || lim.max_array_length > i32::MAX as u64 {
+            problems.push("limits.maxArrayLength: must be between 1 and 2^31-1".to_owned());
+        }
+        if lim.max_inline_length < 16 {
+            problems.push("limits.maxInlineLength: must be at least 16".to_owned());
+        }
+        if lim.max_nesting_depth == 0 {
+            problems.push("limits.maxNestingDepth: must be at least 1".to_owned());
+        }
+        if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
+    }
+
+    /// A copy fit to show: inline credentials replaced by `<redacted>`.
+    pub fn redacted(&self) -> ProxyConfig {
+        let mut copy = self.clone();
+        for svc in &mut copy.services {
+            svc.auth = svc.auth.as_ref().map(Credentials::redacted);
+            svc.client_auth = svc.client_auth.as_ref().map(Credentials::redacted);
+        }
+        copy
+    }
+}
+
+fn check_host_port(s: &str) -> Result<(), &'static str> {
+    if s.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let (host, port) = s.rsplit_once(':').ok_or("is not host:port")?;
+    if host.is_empty() || host.contains(':') && !host.starts_with('[') {
+        return Err("is not host:port (write IPv6 addresses as [addr]:port)");
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err("has no valid port (1-65535)"),
+    }
+}
+
+fn check_credentials(at: &str, c: &Credentials, problems: &mut Vec<String>) {
+    match (&c.password, &c.password_file) {
+        (Some(_), Some(_)) => {
+            problems.push(format!("{at}: give password or passwordFile, not both"))
+        }
+        (None, None) => problems.push(format!("{at}: a password or passwordFile is needed")),
+        (Some(p), None) if p.is_empty() => problems.push(format!("{at}.password: is empty")),
+        _ => {}
+    }
+    if c.username.is_some() && c.username_file.is_some() {
+        problems.push(format!("{at}: give username or usernameFile, not both"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+apiVersion: proxy.respmesh.io/v1alpha1
+kind: ProxyConfig
+listeners:
+  - {address: "127.0.0.1:6380", service: redis-single}
+services:
+  - host: redis-single
+    addresses: ["10.96.0.10:6379"]
+    endpoints: ["127.0.0.1:6379"]
+    auth: {password: testredis}
+    clientAuth: {password: "testredis123!"}
+    opTimeout: 2s
+"#;
+
+    #[test]
+    fn a_complete_config_parses_with_defaults_filled_in() {
+        let c = ProxyConfig::from_yaml(GOOD).unwrap();
+        let svc = c.service("redis-single").unwrap();
+        assert_eq!(svc.mode, Mode::Proxy);
+        assert_eq!(svc.op_timeout, Duration::from_secs(2));
+        assert_eq!(svc.connect_timeout, Duration::from_secs(1));
+        assert_eq!(c.limits, Limits::default());
+    }
+
+    #[test]
+    fn unknown_fields_are_errors_that_name_the_field() {
+        let text = GOOD.replace("opTimeout: 2s", "opTimeout: 2s\n    opTimout: 3s");
+        let err = ProxyConfig::from_yaml(&text).unwrap_err().to_string();
+        assert!(err.contains("unknown field `opTimout`"), "{err}");
+    }
+
+    #[test]
+    fn bad_durations_are_errors() {
+        let text = GOOD.replace("opTimeout: 2s", "opTimeout: 2 seconds");
+        let err = ProxyConfig::from_yaml(&text).unwrap_err().to_string();
+        assert!(err.contains("invalid duration"), "{err}");
+    }
+
+    #[test]
+    fn validation_reports_every_problem_at_once() {
+        let text = r#"
+apiVersion: proxy.respmesh.io/v9
+kind: ProxyConfig
+listeners: [{address: "nowhere", service: missing}]
+services:
+  - {host: a, endpoints: []}
+  - {host: a, endpoints: ["localhost"], auth: {password: x, passwordFile: /p}}
+"#;
+        let Err(ConfigError::Invalid(problems)) = ProxyConfig::from_yaml(text) else {
+            panic!("expected validation problems");
+        };
+        let all = problems.join("\n");
+        for want in [
+            "apiVersion",
+            "services[0].endpoints: at least one",
+            "services[1].host: \"a\" is listed twice",
+            "services[1].endpoints[0]: \"localhost\" is not host:port",
+            "services[1].auth: give password or passwordFile, not both",
+            "listeners[0].address",
+            "listeners[0].service: no service has host \"missing\"",
+        ] {
+            assert!(all.contains(want), "missing {want:?} in:\n{all}");
+        }
+        assert_eq!(problems.len(), 7, "{all}");
+    }
+
+    #[test]
+    fn redaction_hides_inline_passwords_only() {
+        let c = ProxyConfig::from_yaml(GOOD).unwrap().redacted();
+        let text = serde_json::to_string(&c).unwrap();
+        assert!(!text.contains("testredis"), "{text}");
+        assert!(text.contains("<redacted>"));
+    }
+
+    #[test]
+    fn host_port_forms() {
+        for ok in ["127.0.0.1:6379", "[::1]:6379", "redis.ns.svc:6379"] {
+            assert!(check_host_port(ok).is_ok(), "{ok}");
+        }
+        for bad in ["localhost", "::1:6379", "host:0", "host:99999", ":6379"] {
+            assert!(check_host_port(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! The configuration the proxy runs with: the validated file (or flags) turned into the typed,
+//! ready-to-use values the data plane reads, and the atomic swap that replaces it on reload.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use arc_swap::ArcSwap;
+use respmesh_api::proxy::{Credentials, Mode, ProxyConfig};
+
+use crate::resp::Limits;
+
+/// A secret string whose `Debug` output hides it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub Vec<u8>);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// A username and password, read and ready.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Creds {
+    pub username: Option<Vec<u8>>,
+    pub password: Secret,
+}
+
+/// One service as the data plane uses it.
+#[derive(Debug, PartialEq)]
+pub struct ServiceRt {
+    pub host: String,
+    pub mode: Mode,
+    pub endpoints: Vec<String>,
+    pub auth: Option<Creds>,
+    pub client_auth: Option<Creds>,
+    pub op_timeout: Duration,
+    pub op_timeout_text: respmesh_api::Duration,
+    pub connect_timeout: Duration,
+}
+
+impl ServiceRt {
+    /// Whether upstream connections made for `self` can serve `other` unchanged.
+    pub fn same_upstream(&self, other: &ServiceRt) -> bool {
+        self.endpoints == other.endpoints && self.auth == other.auth && self.mode == other.mode
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoints[0]
+    }
+}
+
+/// One configuration snapshot.
+#[derive(Debug)]
+pub struct Runtime {
+    pub source: ProxyConfig,
+    pub services: HashMap<String, Arc<ServiceRt>>,
+    pub listeners: Vec<(SocketAddr, String)>,
+    pub limits: Limits,
+    pub generation: u64,
+}
+
+impl Runtime {
+    /// Builds a snapshot from a validated configuration, reading credential files.
+    pub fn build(source: ProxyConfig, generation: u64) -> anyhow::Result<Runtime> {
+        source.validate()?;
+        let mut services = HashMap::new();
+        for svc in &source.services {
+            if svc.mode == Mode::Cluster {
+                bail!(
+                    "service {}: mode CLUSTER is not available in this build of respmesh-proxy yet; use PROXY",
+                    svc.host
+                );
+            }
+            if svc.endpoints.len() > 1 {
+                bail!(
+                    "service {}: several endpoints in PROXY mode (key sharding) are not available in this build yet; list one endpoint",
+                    svc.host
+                );
+            }
+            let read = |c: &Option<Credentials>, what: &str| -> anyhow::Result<Option<Creds>> {
+                c.as_ref()
+                    .map(|c| read_creds(c).with_context(|| format!("service {}: {what}", svc.host)))
+                    .transpose()
+            };
+            let rt = ServiceRt {
+                host: svc.host.clone(),
+                mode: svc.mode,
+                endpoints: svc.endpoints.clone(),
+                auth: read(&svc.auth, "auth")?,
+                client_auth: read(&svc.client_auth, "clientAuth")?,
+                op_timeout: svc.op_timeout.get(),
+                op_timeout_text: svc.op_timeout,
+                connect_timeout: svc.connect_timeout.get(),
+            };
+            services.insert(svc.host.clone(), Arc::new(rt));
+        }
+        let listeners = source
+            .listeners
+            .iter()
+            .map(|l| (l.address.parse().expect("validated"), l.service.clone()))
+            .collect();
+        let limits = Limits::from(&source.limits);
+        Ok(Runtime { source, services, listeners, limits, generation })
+    }
+}
+
+fn read_creds(c: &Credentials) -> anyhow::Result<Creds> {
+    let username = match (&c.username, &c.username_file) {
+        (Some(u), _) => Some(u.as_bytes().to_vec()),
+        (None, Some(path)) => Some(read_secret_file(Path::new(path))?),
+        (None, None) => None,
+    };
+    let password = match (&c.password, &c.password_file) {
+        (Some(p), _) => p.as_bytes().to_vec(),
+        (None, Some(path)) => read_secret_file(Path::new(path))?,
+        (None, None) => bail!("a password or passwordFile is needed"),
+    };
+    if password.is_empty() {
+        bail!("the password is empty");
+    }
+    Ok(Creds { username, password: Secret(password) })
+}
+
+/// Reads a credential file; surrounding white space (a trailing newline, as `echo` and
+/// Kubernetes Secrets made from files often leave) is trimmed.
+pub fn read_secret_file(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let raw = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(raw.trim_ascii().to_vec())
+}
+
+/// The configuration in force, swapped atomically on reload; the generation lets hot paths
+/// notice a change with one atomic load.
+pub struct Shared {
+    current: ArcSwap<Runtime>,
+    generation: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(rt: Runtime) -> Arc<Shared> {
+        let generation = AtomicU64::new(rt.generation);
+        Arc::new(Shared { current: ArcSwap::from_pointee(rt), generation })
+    }
+
+    pub fn load(&self) -> Arc<Runtime> {
+        self.current.load_full()
+    }
+
+    #[inline]
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    pub fn next_generation(&self) -> u64 {
+        self.current.load().generation + 1
+    }
+
+    pub fn store(&self, rt: Runtime) {
+        let generation = rt.generation;
+        self.current.store(Arc::new(rt));
+        self.generation.store(generation, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credential_files_are_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("password");
+        std::fs::write(&p, "testredis\n").unwrap();
+        assert_eq!(read_secret_file(&p).unwrap(), b"testredis");
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug_output() {
+        let c = Creds { username: None, password: Secret(b"hunter2".to_vec()) };
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_missing_password_file_is_a_clear_error() {
+        let mut cfg = ProxyConfig::empty();
+        cfg.services.push(respmesh_api::proxy::Service {
+            host: "svc".into(),
+            addresses: vec![],
+            endpoints: vec!["127.0.0.1:6379".into()],
+            mode: Mode::Proxy,
+            auth: Some(Credentials { password_file: Some("/nonexistent/pw".into()), ..Default::default() }),
+            client_auth: None,
+            op_timeout: respmesh_api::Duration::from_secs(1),
+            connect_timeout: respmesh_api::Duration::from_secs(1),
+        });
+        let err = format!("{:#}", Runtime::build(cfg, 1).unwrap_err());
+        assert!(err.contains("service svc: auth: cannot read /nonexistent/pw"), "{err}");
+    }
+}

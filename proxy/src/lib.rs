@@ -1,0 +1,111 @@
+//! respmesh-proxy: a transparent, multiplexing RESP proxy.
+//!
+//! Layout, one concern per module:
+//! - [`resp`]: RESP framing (client commands, Redis replies), resumable and bounded;
+//! - [`command`]: the command table and which commands need special handling;
+//! - [`session`]: one client connection: local answers, pinning, routing;
+//! - [`client`]: a client's ordered reply queue, as upstreams see it;
+//! - [`upstream`]: connections to Redis, shared or dedicated;
+//! - [`worker`]: threads, listeners, per-thread connection pools;
+//! - [`config`] and [`reload`]: the running configuration and its hot reload;
+//! - [`admin`] and [`metrics`]: `/metrics`, `/ready`, `/live`, `/config`;
+//! - [`replies`]: every reply the proxy makes itself.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod client;
+pub mod command;
+pub mod config;
+pub mod metrics;
+pub mod net;
+pub mod reload;
+pub mod replies;
+pub mod resp;
+pub mod session;
+pub mod upstream;
+pub mod worker;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::admin::AdminState;
+use crate::config::Runtime;
+use crate::metrics::Metrics;
+
+/// Where the configuration comes from.
+pub enum Source {
+    /// A file, watched for changes.
+    File(PathBuf),
+    /// Built from command-line flags; fixed for the life of the process.
+    Fixed(Box<respmesh_api::proxy::ProxyConfig>),
+}
+
+pub struct Options {
+    pub source: Source,
+    pub admin: Option<SocketAddr>,
+    pub workers: usize,
+    pub drain_timeout: Duration,
+}
+
+/// Runs the proxy until SIGTERM or SIGINT, then drains and returns.
+pub fn run(opts: Options) -> anyhow::Result<()> {
+    let rt = match &opts.source {
+        Source::File(path) => reload::load(path, 1)?,
+        Source::Fixed(cfg) => Runtime::build((**cfg).clone(), 1)?,
+    };
+    if opts.workers > 1 && rt.listeners.iter().any(|(a, _)| a.port() == 0) {
+        anyhow::bail!("a listener on port 0 needs --workers 1 (each worker would get its own port)");
+    }
+    let config = config::Shared::new(rt);
+    let metrics = Metrics::new();
+    metrics.config_generation.set(1);
+    let (gen_tx, gen_rx) = watch::channel(1u64);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+    let mut threads = Vec::new();
+    for id in 0..opts.workers.max(1) {
+        threads.push(worker::spawn(worker::WorkerSetup {
+            id,
+            config: config.clone(),
+            metrics: metrics.clone(),
+            generations: gen_rx.clone(),
+            shutdown: shutdown_rx.clone(),
+            drain_timeout: opts.drain_timeout,
+        })?);
+    }
+
+    let main_rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    main_rt.block_on(async move {
+        let state = Arc::new(AdminState { config: config.clone(), metrics: metrics.clone(), ready: AtomicBool::new(true) });
+        if let Some(addr) = opts.admin {
+            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (admin)"))?;
+            info!(address = %listener.local_addr()?, "admin listening");
+            tokio::spawn(admin::serve(listener, state.clone()));
+        }
+        if let Source::File(path) = &opts.source {
+            tokio::spawn(reload::watch_file(path.clone(), config.clone(), metrics.clone(), gen_tx));
+        }
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM: draining"),
+            _ = tokio::signal::ctrl_c() => info!("SIGINT: draining"),
+        }
+        state.ready.store(false, Ordering::Release);
+        let _ = shutdown_tx.send(true);
+        tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await?;
+        info!("stopped");
+        anyhow::Ok(())
+    })
+}

@@ -1,0 +1,122 @@
+//! `respmesh-proxy`: parses arguments, sets up logging, runs the proxy.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{ArgGroup, Parser, ValueEnum};
+use respmesh_api::proxy::{Credentials, Listener, ProxyConfig, Service};
+use respmesh_proxy::{Options, Source};
+
+/// A transparent, multiplexing Redis (RESP) proxy: authentication offload, client passwords,
+/// connection sharing. Run it with a configuration file, or with flags for one upstream.
+#[derive(Parser, Debug)]
+#[command(version, group(ArgGroup::new("mode").required(true).args(["config", "upstream"])))]
+struct Args {
+    /// Configuration file (YAML, schema proxy.respmesh.io/v1alpha1; see docs/config.md).
+    #[arg(long, env = "RESPMESH_CONFIG", conflicts_with_all = ["listen", "upstream"])]
+    config: Option<PathBuf>,
+    /// Address to listen on (with --upstream).
+    #[arg(long, default_value = "127.0.0.1:6380")]
+    listen: SocketAddr,
+    /// Redis to forward to, host:port.
+    #[arg(long)]
+    upstream: Option<String>,
+    /// ACL user the proxy logs in as.
+    #[arg(long, requires = "upstream")]
+    upstream_user: Option<String>,
+    /// Password the proxy logs in with.
+    #[arg(long, env = "RESPMESH_UPSTREAM_PASSWORD", conflicts_with = "upstream_password_file", requires = "upstream")]
+    upstream_password: Option<String>,
+    /// File holding the password the proxy logs in with.
+    #[arg(long, requires = "upstream")]
+    upstream_password_file: Option<String>,
+    /// Password clients must give with AUTH.
+    #[arg(long, env = "RESPMESH_CLIENT_PASSWORD", requires = "upstream")]
+    client_password: Option<String>,
+    /// Username clients must give with AUTH (with --client-password).
+    #[arg(long, requires = "client_password")]
+    client_user: Option<String>,
+    /// Admin endpoint (/metrics, /ready, /live, /config); "off" to disable.
+    #[arg(long, default_value = "127.0.0.1:15380")]
+    admin: String,
+    /// Worker threads (each with its own connections to Redis).
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// How long SIGTERM waits for in-flight requests.
+    #[arg(long, default_value = "5s")]
+    drain_timeout: respmesh_api::Duration,
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "RESPMESH_LOG_FORMAT")]
+    log_format: LogFormat,
+    /// Log filter, e.g. info or respmesh_proxy=debug.
+    #[arg(long, default_value = "info", env = "RESPMESH_LOG")]
+    log_level: String,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    init_logging(args.log_format, &args.log_level);
+    match run(args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "respmesh-proxy failed");
+            eprintln!("respmesh-proxy: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let source = match (&args.config, &args.upstream) {
+        (Some(path), _) => Source::File(path.clone()),
+        (None, Some(upstream)) => Source::Fixed(Box::new(one_liner(&args, upstream))),
+        (None, None) => unreachable!("clap requires one"),
+    };
+    let admin = match args.admin.as_str() {
+        "off" | "" => None,
+        a => Some(a.parse().with_context(|| format!("--admin {a:?} is not an IP:port address"))?),
+    };
+    respmesh_proxy::run(Options { source, admin, workers: args.workers, drain_timeout: args.drain_timeout.get() })
+}
+
+fn one_liner(args: &Args, upstream: &str) -> ProxyConfig {
+    let mut cfg = ProxyConfig::empty();
+    let auth = (args.upstream_password.is_some() || args.upstream_password_file.is_some()).then(|| Credentials {
+        username: args.upstream_user.clone(),
+        password: args.upstream_password.clone(),
+        password_file: args.upstream_password_file.clone(),
+        ..Default::default()
+    });
+    let client_auth = args.client_password.as_ref().map(|p| Credentials {
+        username: args.client_user.clone(),
+        password: Some(p.clone()),
+        ..Default::default()
+    });
+    cfg.services.push(Service {
+        host: upstream.to_owned(),
+        addresses: vec![],
+        endpoints: vec![upstream.to_owned()],
+        mode: Default::default(),
+        auth,
+        client_auth,
+        op_timeout: respmesh_api::Duration::from_secs(5),
+        connect_timeout: respmesh_api::Duration::from_secs(1),
+    });
+    cfg.listeners.push(Listener { address: args.listen.to_string(), service: upstream.to_owned() });
+    cfg
+}
+
+fn init_logging(format: LogFormat, filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(false).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,214 @@
+//! Metrics, exposed in Prometheus text format on the admin port's `/metrics`.
+//!
+//! Per-command counters and latency histograms sit on the hot path, so each worker thread has
+//! its own plain arrays of relaxed atomics (no locks, no label lookups, no contention) and a
+//! collector sums them at scrape time. Rare events (connections, failures, reloads) use
+//! prometheus-client's own types.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::command::{COMMANDS, CommandId};
+
+/// Upper bounds of the latency buckets, in microseconds.
+const BUCKETS_US: [u64; 16] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 10_000_000,
+];
+const NB: usize = BUCKETS_US.len() + 1;
+
+/// One worker's per-command statistics.
+#[derive(Debug)]
+pub struct WorkerStats {
+    requests: Box<[AtomicU64]>,
+    errors: Box<[AtomicU64]>,
+    latency_sum_us: Box<[AtomicU64]>,
+    latency_buckets: Box<[AtomicU64]>,
+}
+
+fn zeros(n: usize) -> Box<[AtomicU64]> {
+    (0..n).map(|_| AtomicU64::new(0)).collect()
+}
+
+impl WorkerStats {
+    fn new() -> Self {
+        let n = CommandId::count();
+        WorkerStats {
+            requests: zeros(n),
+            errors: zeros(n),
+            latency_sum_us: zeros(n),
+            latency_buckets: zeros(n * NB),
+        }
+    }
+
+    /// Counts one command answered by Redis after `elapsed`.
+    #[inline]
+    pub fn record(&self, cmd: CommandId, error: bool, elapsed: Duration) {
+        let i = cmd.index();
+        self.requests[i].fetch_add(1, Relaxed);
+        if error {
+            self.errors[i].fetch_add(1, Relaxed);
+        }
+        let us = elapsed.as_micros() as u64;
+        self.latency_sum_us[i].fetch_add(us, Relaxed);
+        let b = BUCKETS_US.iter().position(|&ub| us <= ub).unwrap_or(BUCKETS_US.len());
+        self.latency_buckets[i * NB + b].fetch_add(1, Relaxed);
+    }
+
+    /// Counts one command answered by the proxy itself (no latency recorded).
+    #[inline]
+    pub fn record_local(&self, cmd: CommandId, error: bool) {
+        let i = cmd.index();
+        self.requests[i].fetch_add(1, Relaxed);
+        if error {
+            self.errors[i].fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// Label set for per-service metrics.
+type ServiceLabel = [(&'static str, String); 1];
+
+/// All of the proxy's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    workers: Mutex<Vec<Arc<WorkerStats>>>,
+    pub client_connections: Gauge,
+    pub client_connections_total: Counter,
+    pub protocol_errors: Counter,
+    pub upstream_connections: Family<ServiceLabel, Gauge>,
+    pub upstream_connect_failures: Family<ServiceLabel, Counter>,
+    pub upstream_auth_failures: Family<ServiceLabel, Counter>,
+    pub upstream_timeouts: Family<ServiceLabel, Counter>,
+    pub config_reloads: Family<[(&'static str, &'static str); 1], Counter>,
+    pub config_generation: Gauge<i64, AtomicI64>,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        Arc::new(Metrics {
+            workers: Mutex::new(Vec::new()),
+            client_connections: Gauge::default(),
+            client_connections_total: Counter::default(),
+            protocol_errors: Counter::default(),
+            upstream_connections: Family::default(),
+            upstream_connect_failures: Family::default(),
+            upstream_auth_failures: Family::default(),
+            upstream_timeouts: Family::default(),
+            config_reloads: Family::default(),
+            config_generation: Gauge::default(),
+        })
+    }
+
+    /// A new worker's statistics, included in every later scrape.
+    pub fn worker(&self) -> Arc<WorkerStats> {
+        let stats = Arc::new(WorkerStats::new());
+        self.workers.lock().unwrap().push(stats.clone());
+        stats
+    }
+
+    pub fn service(host: &str) -> ServiceLabel {
+        [("service", host.to_owned())]
+    }
+
+    pub fn reload(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.config_reloads.get_or_create(&[("result", result)]).inc();
+    }
+
+    /// The Prometheus text exposition of everything.
+    pub fn render(self: &Arc<Self>) -> String {
+        let mut registry = Registry::with_prefix("respmesh_proxy");
+        registry.register("client_connections", "Client connections open now", self.client_connections.clone());
+        registry.register("client_connections", "Client connections accepted", self.client_connections_total.clone());
+        registry.register("protocol_errors", "Client connections closed for malformed or oversized input", self.protocol_errors.clone());
+        registry.register("upstream_connections", "Upstream connections open now", self.upstream_connections.clone());
+        registry.register("upstream_connect_failures", "Failed attempts to connect to an upstream", self.upstream_connect_failures.clone());
+        registry.register("upstream_auth_failures", "Upstream logins refused by Redis", self.upstream_auth_failures.clone());
+        registry.register("upstream_timeouts", "Requests that hit opTimeout (the upstream connection is then reset)", self.upstream_timeouts.clone());
+        registry.register("config_reloads", "Configuration reloads by result", self.config_reloads.clone());
+        registry.register("config_generation", "Generation of the configuration in force", self.config_generation.clone());
+        registry.register_collector(Box::new(CommandCollector(self.clone())));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).expect("writing to a String");
+        out
+    }
+}
+
+#[derive(Debug)]
+struct CommandCollector(Arc<Metrics>);
+
+impl Collector for CommandCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let workers = self.0.workers.lock().unwrap().clone();
+        let n = CommandId::count();
+        let sum = |f: &dyn Fn(&WorkerStats) -> u64| -> u64 { workers.iter().map(|w| f(w)).sum() };
+        let label = |i: usize| {
+            let name = if i < COMMANDS.len() { COMMANDS[i].name.to_ascii_lowercase() } else { "unknown".to_owned() };
+            [("command", name)]
+        };
+        let used: Vec<usize> = (0..n).filter(|&i| sum(&|w| w.requests[i].load(Relaxed)) > 0).collect();
+
+        let mut e = encoder.encode_descriptor("commands", "Commands by name", None, MetricType::Counter)?;
+        for &i in &used {
+            ConstCounter::new(sum(&|w| w.requests[i].load(Relaxed))).encode(e.encode_family(&label(i))?)?;
+        }
+        let mut e = encoder.encode_descriptor("command_errors", "Commands answered with an error, by name", None, MetricType::Counter)?;
+        for &i in &used {
+            ConstCounter::new(sum(&|w| w.errors[i].load(Relaxed))).encode(e.encode_family(&label(i))?)?;
+        }
+        let mut e = encoder.encode_descriptor(
+            "command_latency_seconds",
+            "Time from forwarding a command upstream to its reply, by name",
+            None,
+            MetricType::Histogram,
+        )?;
+        for &i in &used {
+            let mut buckets: Vec<(f64, u64)> = Vec::with_capacity(NB);
+            let mut count = 0;
+            for b in 0..NB {
+                let c = sum(&|w| w.latency_buckets[i * NB + b].load(Relaxed));
+                count += c;
+                let ub = BUCKETS_US.get(b).map_or(f64::INFINITY, |&us| us as f64 / 1e6);
+                buckets.push((ub, c));
+            }
+            if count == 0 {
+                continue;
+            }
+            let total = sum(&|w| w.latency_sum_us[i].load(Relaxed)) as f64 / 1e6;
+            e.encode_family(&label(i))?.encode_histogram::<prometheus_client::encoding::NoLabelSet>(total, count, &buckets, None)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::lookup;
+
+    #[test]
+    fn per_worker_counts_are_summed_at_scrape() {
+        let m = Metrics::new();
+        let (a, b) = (m.worker(), m.worker());
+        a.record(lookup(b"get"), false, Duration::from_micros(80));
+        b.record(lookup(b"get"), true, Duration::from_millis(3));
+        b.record_local(lookup(b"auth"), false);
+        let text = m.render();
+        assert!(text.contains("respmesh_proxy_commands_total{command=\"get\"} 2"), "{text}");
+        assert!(text.contains("respmesh_proxy_command_errors_total{command=\"get\"} 1"), "{text}");
+        assert!(text.contains("respmesh_proxy_command_latency_seconds_bucket{le=\"0.0001\",command=\"get\"} 1")
+            || text.contains("respmesh_proxy_command_latency_seconds_bucket{command=\"get\",le=\"0.0001\"} 1"), "{text}");
+        assert!(text.contains("respmesh_proxy_commands_total{command=\"auth\"} 1"), "{text}");
+        assert!(!text.contains("command=\"set\""), "unused commands are not listed");
+    }
+}

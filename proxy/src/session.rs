@@ -1,0 +1,679 @@
+//! One client connection: reads commands, answers the ones that are the proxy's to answer
+//! (client AUTH, HELLO's login, QUIT, RESET, CLIENT SETNAME/GETNAME), and hands the rest to an
+//! upstream.
+//!
+//! Most clients share their worker's connection to Redis. A command that would leave state on
+//! the connection, or block it, moves the client to a dedicated connection ("pinning"):
+//! transactions, WATCH and blocking commands only until they end (then the connection goes back
+//! to a small pool), subscriptions, MONITOR, SELECT of another database, CLIENT ID and the like
+//! for the rest of the client's life. Whenever a client's requests move from one connection to
+//! another, the proxy first waits for the replies still due on the old one, so that commands
+//! run in the order the client sent them.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tracing::{debug, info};
+
+use crate::client::Client;
+use crate::command::{CommandId, Special, lookup};
+use crate::config::{Creds, ServiceRt};
+use crate::net::{Read, read_some};
+use crate::replies;
+use crate::resp::request::{Parsed, RequestParser, Spans, args, encode_command};
+use crate::resp::{Limits, ProtocolError};
+use crate::upstream::Upstream;
+use crate::worker::Worker;
+
+const READ_SPARE: usize = 4 * 1024;
+/// A client read buffer larger than this is released once empty.
+const KEEP_READ_CAPACITY: usize = 64 * 1024;
+/// Stop reading a client's commands while this much of its output is unsent.
+const MAX_UNSENT_OUTPUT: usize = 256 * 1024 * 1024;
+
+/// What the session does with one command.
+enum Step {
+    /// Handled; go on with the next command.
+    Done,
+    /// Wait until every outstanding reply has arrived, then handle this command again.
+    Drain,
+    /// Stop reading commands; close once output is written.
+    Close,
+}
+
+/// Where a command should run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Want {
+    /// Wherever this client's commands run now (its dedicated connection, or the shared one).
+    Current,
+    /// On a dedicated connection: only until the state ends (`permanent: false`), or for the
+    /// rest of the connection.
+    Dedicated { permanent: bool, raw: bool },
+}
+
+pub struct Session {
+    client: Rc<Client>,
+    worker: Rc<Worker>,
+    host: String,
+    svc: Arc<ServiceRt>,
+    /// The service was removed from the configuration.
+    service_gone: bool,
+    generation: u64,
+    limits: Limits,
+    parser: RequestParser,
+    rbuf: BytesMut,
+    eof: bool,
+    authenticated: bool,
+    proto: u8,
+    name: Option<Bytes>,
+    /// The shared upstream for `proto`, cached.
+    shared: Option<Rc<Upstream>>,
+    pinned: Option<Rc<Upstream>>,
+    permanent: bool,
+    in_multi: bool,
+    watching: bool,
+    /// The upstream holding this client's outstanding requests.
+    last: Option<Rc<Upstream>>,
+    scratch: BytesMut,
+}
+
+impl Session {
+    pub fn new(client: Rc<Client>, worker: Rc<Worker>, host: String) -> Option<Session> {
+        let rt = worker.config.load();
+        let svc = rt.services.get(&host)?.clone();
+        Some(Session {
+            client,
+            worker,
+            host,
+            service_gone: false,
+            authenticated: svc.client_auth.is_none(),
+            svc,
+            generation: rt.generation,
+            limits: rt.limits,
+            parser: RequestParser::new(rt.limits),
+            rbuf: BytesMut::new(),
+            eof: false,
+            proto: 2,
+            name: None,
+            shared: None,
+            pinned: None,
+            permanent: false,
+            in_multi: false,
+            watching: false,
+            last: None,
+            scratch: BytesMut::new(),
+        })
+    }
+
+    pub async fn run(mut self) {
+        let mut shutdown = self.worker.shutdown.clone();
+        let mut draining = false;
+        loop {
+            if !draining && *shutdown.borrow() {
+                draining = true;
+                self.eof = true;
+            }
+            let waiting = self.process();
+            if self.client.flush().is_err() {
+                break;
+            }
+            let outstanding = self.client.outstanding();
+            let done_reading = self.eof || self.client.closing();
+            if self.client.is_gone()
+                || (done_reading && outstanding == 0 && !self.client.has_output() && !self.pinned_raw())
+                || (self.eof && self.pinned_raw())
+            {
+                break;
+            }
+            let want_read = !done_reading && !waiting && self.client.buffered() < MAX_UNSENT_OUTPUT;
+            let want_write = self.client.write_blocked();
+            tokio::select! {
+                r = self.client.stream.readable(), if want_read => {
+                    if r.is_err() { break; }
+                    match read_some(&self.client.stream, &mut self.rbuf, READ_SPARE) {
+                        Ok(Read::Data(_)) | Ok(Read::WouldBlock) => {}
+                        Ok(Read::Eof) => self.eof = true,
+                        Err(_) => break,
+                    }
+                }
+                r = self.client.stream.writable(), if want_write => {
+                    if r.is_err() { break; }
+                }
+                _ = self.client.wake.notified() => {}
+                _ = shutdown.changed(), if !draining => {}
+            }
+        }
+        self.client.set_gone();
+        if let Some(p) = self.pinned.take() {
+            p.retire();
+        }
+        debug!(service = %self.host, "client connection closed");
+    }
+
+    fn pinned_raw(&self) -> bool {
+        self.pinned.as_ref().is_some_and(|p| p.is_raw() && p.is_usable())
+    }
+
+    /// Handles every complete command in the read buffer. Returns true when waiting for
+    /// outstanding replies before the next command can go.
+    fn process(&mut self) -> bool {
+        if self.rbuf.is_empty() {
+            return false;
+        }
+        self.refresh_config();
+        let buf = std::mem::take(&mut self.rbuf);
+        let mut off = 0;
+        let mut waiting = false;
+        while off < buf.len() && !self.client.closing() {
+            let parsed = match self.parser.parse(&buf[off..], self.authenticated) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.protocol_error(&e);
+                    break;
+                }
+            };
+            match parsed {
+                Parsed::Incomplete { need } => {
+                    if need > buf.len() - off {
+                        self.rbuf.reserve(need);
+                    }
+                    break;
+                }
+                Parsed::Empty { len } => off += len,
+                Parsed::Multibulk { len, argc } => {
+                    let frame = &buf[off..off + len];
+                    let spans = self.parser.spans();
+                    let step = self.command(frame, argc, spans);
+                    match step {
+                        Step::Done => off += len,
+                        Step::Drain => {
+                            waiting = true;
+                            break;
+                        }
+                        Step::Close => {
+                            off += len;
+                            break;
+                        }
+                    }
+                }
+                Parsed::Inline { len, args } => {
+                    self.scratch.clear();
+                    encode_command(&mut self.scratch, &args);
+                    let frame = std::mem::take(&mut self.scratch);
+                    let mut p = RequestParser::new(self.limits);
+                    let argc = match p.parse(&frame, true) {
+                        Ok(Parsed::Multibulk { argc, .. }) => argc,
+                        _ => unreachable!("an encoded command parses"),
+                    };
+                    let step = self.command(&frame, argc, p.spans());
+                    self.scratch = frame;
+                    match step {
+                        Step::Done | Step::Close => off += len,
+                        Step::Drain => {
+                            waiting = true;
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        // Keep the unparsed tail (and any capacity reserved for it).
+        let mut buf = buf;
+        buf.advance(off);
+        if self.rbuf.capacity() > 0 {
+            self.rbuf.extend_from_slice(&buf);
+        } else if buf.is_empty() && buf.capacity() > KEEP_READ_CAPACITY {
+            self.rbuf = BytesMut::new();
+        } else {
+            self.rbuf = buf;
+        }
+        waiting
+    }
+
+    fn protocol_error(&mut self, e: &ProtocolError) {
+        self.worker.metrics.protocol_errors.inc();
+        info!(service = %self.host, error = %e, "closing a client connection after a protocol error");
+        self.client.local(&replies::protocol_error(e));
+        self.client.close_after_flush();
+    }
+
+    fn refresh_config(&mut self) {
+        let generation = self.worker.config.generation();
+        if generation == self.generation {
+            return;
+        }
+        let rt = self.worker.config.load();
+        self.generation = rt.generation;
+        self.limits = rt.limits;
+        self.parser.set_limits(rt.limits);
+        self.shared = None;
+        match rt.services.get(&self.host) {
+            Some(svc) => {
+                self.svc = svc.clone();
+                self.service_gone = false;
+            }
+            None => self.service_gone = true,
+        }
+    }
+
+    /// Handles one complete command.
+    fn command(&mut self, frame: &[u8], argc: usize, spans: Spans) -> Step {
+        let arg = |i: usize| spans.get(frame, i).unwrap_or_default();
+        let cmd = lookup(arg(0));
+        if self.service_gone {
+            return self.reply_local(cmd, &replies::service_gone(&self.host));
+        }
+        let special = cmd.special();
+        if !self.authenticated && !matches!(special, Special::Auth | Special::Hello | Special::Quit) {
+            return self.reply_local(cmd, replies::NOAUTH);
+        }
+        match special {
+            Special::None | Special::ReadMode => self.forward(frame, cmd, Want::Current, true),
+            Special::Auth => self.auth(frame, cmd, argc, arg(1), arg(2)),
+            Special::Hello => self.hello(frame, cmd, argc, spans),
+            Special::Select => {
+                if self.pinned.is_none() && argc == 2 && arg(1) == b"0" {
+                    self.reply_local(cmd, replies::OK)
+                } else {
+                    self.forward(frame, cmd, Want::Dedicated { permanent: true, raw: false }, true)
+                }
+            }
+            Special::Quit => {
+                self.client.local(replies::OK);
+                self.worker.stats.record_local(cmd, false);
+                self.client.close_after_flush();
+                Step::Close
+            }
+            Special::Reset => self.reset(cmd),
+            Special::Client => self.client_command(frame, cmd, argc, arg(1), arg(2)),
+            Special::Multi => {
+                let step = self.forward(frame, cmd, Want::Dedicated { permanent: false, raw: false }, true);
+                if matches!(step, Step::Done) && self.pinned.is_some() {
+                    self.in_multi = true;
+                }
+                step
+            }
+            Special::Exec | Special::Discard => {
+                let step = self.forward(frame, cmd, Want::Current, true);
+                if matches!(step, Step::Done) {
+                    self.in_multi = false;
+                    self.watching = false;
+                }
+                step
+            }
+            Special::Watch => {
+                let step = self.forward(frame, cmd, Want::Dedicated { permanent: false, raw: false }, true);
+                if matches!(step, Step::Done) && self.pinned.is_some() && !self.in_multi {
+                    self.watching = true;
+                }
+                step
+            }
+            Special::Unwatch => {
+                let step = self.forward(frame, cmd, Want::Current, true);
+                if matches!(step, Step::Done) && !self.in_multi {
+                    self.watching = false;
+                }
+                step
+            }
+            Special::Subscribe | Special::Stream => {
+                self.forward(frame, cmd, Want::Dedicated { permanent: true, raw: true }, false)
+            }
+            Special::Blocking => self.forward(frame, cmd, Want::Dedicated { permanent: false, raw: false }, false),
+            Special::MaybeBlocking => {
+                let blocks = args(frame)
+                    .skip(1)
+                    .take_while(|a| !a.eq_ignore_ascii_case(b"STREAMS"))
+                    .any(|a| a.eq_ignore_ascii_case(b"BLOCK"));
+                if blocks {
+                    self.forward(frame, cmd, Want::Dedicated { permanent: false, raw: false }, false)
+                } else {
+                    self.forward(frame, cmd, Want::Current, true)
+                }
+            }
+        }
+    }
+
+    fn reply_local(&mut self, cmd: CommandId, reply: &[u8]) -> Step {
+        self.client.local(reply);
+        self.worker.stats.record_local(cmd, crate::resp::reply::is_error(reply));
+        Step::Done
+    }
+
+    /// Picks the upstream for a command, pinning or releasing a dedicated connection as needed.
+    /// `Err(step)` when the command must wait (or the client must go).
+    fn route(&mut self, want: Want, proto: u8) -> Result<Rc<Upstream>, Step> {
+        if let Some(p) = &self.pinned {
+            if !p.is_usable() {
+                if p.lost_state() {
+                    // The client's transaction, subscriptions or database choice died with
+                    // its connection; closing is the honest answer, as Redis going away would.
+                    self.client.close_after_flush();
+                    return Err(Step::Close);
+                }
+                self.unpin();
+            }
+        }
+        // A transient pin whose state has ended goes back to the pool.
+        if want == Want::Current
+            && self.pinned.is_some()
+            && !self.permanent
+            && !self.in_multi
+            && !self.watching
+            && self.client.outstanding() == 0
+        {
+            if let Some(p) = self.pinned.take() {
+                self.worker.give_back(p);
+            }
+        }
+        let target = match (want, &self.pinned) {
+            (_, Some(p)) => {
+                if let Want::Dedicated { permanent: true, .. } = want {
+                    self.permanent = true;
+                }
+                p.clone()
+            }
+            (Want::Current, None) => match &self.shared {
+                Some(s) if s.proto() == proto => s.clone(),
+                _ => {
+                    let s = self.worker.shared_upstream(&self.svc, proto, self.limits.max_nesting_depth);
+                    self.shared = Some(s.clone());
+                    s
+                }
+            },
+            (Want::Dedicated { permanent, .. }, None) => {
+                if self.client.outstanding() > 0 {
+                    return Err(self.drain());
+                }
+                let up = if permanent {
+                    self.worker.new_dedicated(&self.svc, proto, self.name.clone(), self.limits.max_nesting_depth)
+                } else {
+                    self.worker.take_dedicated(&self.svc, proto, self.limits.max_nesting_depth)
+                };
+                self.permanent = permanent;
+                self.pinned = Some(up.clone());
+                up
+            }
+        };
+        if self.client.outstanding() > 0 && !self.last.as_ref().is_some_and(|l| Rc::ptr_eq(l, &target)) {
+            return Err(self.drain());
+        }
+        if let Want::Dedicated { raw: true, .. } = want {
+            if !target.is_raw() {
+                if self.client.outstanding() > 0 {
+                    return Err(self.drain());
+                }
+                target.set_raw(self.client.clone());
+            }
+        }
+        Ok(target)
+    }
+
+    fn drain(&self) -> Step {
+        self.client.waiting_drain.set(true);
+        Step::Drain
+    }
+
+    fn unpin(&mut self) {
+        if let Some(p) = self.pinned.take() {
+            p.retire();
+        }
+        self.permanent = false;
+        self.in_multi = false;
+        self.watching = false;
+        self.last = None;
+    }
+
+    fn forward(&mut self, frame: &[u8], cmd: CommandId, want: Want, timed: bool) -> Step {
+        let target = match self.route(want, self.proto) {
+            Ok(t) => t,
+            Err(step) => return step,
+        };
+        self.send(&target, frame, cmd, timed);
+        Step::Done
+    }
+
+    fn send(&mut self, target: &Rc<Upstream>, frame: &[u8], cmd: CommandId, timed: bool) {
+        match target.send(&self.client, frame, cmd, timed) {
+            Ok(()) => self.last = Some(target.clone()),
+            Err(reply) => {
+                self.client.local(&reply);
+                self.worker.stats.record_local(cmd, true);
+            }
+        }
+    }
+
+    fn auth(&mut self, frame: &[u8], cmd: CommandId, argc: usize, a1: &[u8], a2: &[u8]) -> Step {
+        if argc < 2 {
+            let mut r = BytesMut::new();
+            replies::wrong_arity(&mut r, "auth");
+            return self.reply_local(cmd, &r);
+        }
+        if argc > 3 {
+            return self.reply_local(cmd, replies::SYNTAX_ERROR);
+        }
+        let (user, pass) = if argc == 2 { (None, a1) } else { (Some(a1), a2) };
+        if let Some(expected) = &self.svc.client_auth {
+            if creds_match(expected, user, pass) {
+                self.authenticated = true;
+                return self.reply_local(cmd, replies::OK);
+            }
+            let reply = if argc == 2 { replies::INVALID_PASSWORD } else { replies::WRONGPASS };
+            return self.reply_local(cmd, reply);
+        }
+        if self.svc.auth.as_ref().is_some_and(|up| creds_match(up, user, pass)) {
+            // The client logs in as the proxy already does: nothing changes upstream.
+            return self.reply_local(cmd, replies::OK);
+        }
+        // Not the proxy's to judge: let Redis decide, on the client's own connection.
+        self.forward(frame, cmd, Want::Dedicated { permanent: true, raw: false }, true)
+    }
+
+    fn hello(&mut self, frame: &[u8], cmd: CommandId, argc: usize, spans: Spans) -> Step {
+        let all: Vec<&[u8]> = if argc <= crate::resp::request::RECORDED_ARGS {
+            (0..argc).map(|i| spans.get(frame, i).unwrap_or_default()).collect()
+        } else {
+            args(frame).collect()
+        };
+        let mut version = None;
+        let mut next = 1;
+        if argc >= 2 {
+            match std::str::from_utf8(all[1]).ok().and_then(|s| parse_redis_int(s)) {
+                None => return self.reply_local(cmd, replies::HELLO_BAD_PROTOVER),
+                Some(v) if !(2..=3).contains(&v) => return self.reply_local(cmd, replies::NOPROTO),
+                Some(v) => version = Some(v as u8),
+            }
+            next = 2;
+        }
+        let mut login = None;
+        let mut setname = None;
+        let mut j = next;
+        while j < argc {
+            let more = argc - 1 - j;
+            let opt = all[j];
+            if opt.eq_ignore_ascii_case(b"AUTH") && more >= 2 {
+                login = Some((all[j + 1], all[j + 2]));
+                j += 3;
+            } else if opt.eq_ignore_ascii_case(b"SETNAME") && more >= 1 {
+                if !valid_client_name(all[j + 1]) {
+                    return self.reply_local(cmd, replies::BAD_CLIENT_NAME);
+                }
+                setname = Some(all[j + 1]);
+                j += 2;
+            } else {
+                let mut r = BytesMut::new();
+                replies::hello_bad_option(&mut r, opt);
+                return self.reply_local(cmd, &r);
+            }
+        }
+        if let Some((user, pass)) = login {
+            if let Some(expected) = &self.svc.client_auth {
+                if !creds_match(expected, Some(user), pass) {
+                    return self.reply_local(cmd, replies::WRONGPASS);
+                }
+            } else if !self.svc.auth.as_ref().is_some_and(|up| creds_match(up, Some(user), pass)) {
+                // Credentials for Redis itself: send the whole HELLO on the client's own
+                // connection and let Redis answer.
+                let step = self.forward(frame, cmd, Want::Dedicated { permanent: true, raw: false }, true);
+                if matches!(step, Step::Done) {
+                    self.proto = version.unwrap_or(self.proto);
+                    self.name = setname.map(Bytes::copy_from_slice).or(self.name.take());
+                }
+                return step;
+            }
+        } else if !self.authenticated {
+            return self.reply_local(cmd, replies::NOAUTH_HELLO);
+        }
+        let proto = version.unwrap_or(self.proto);
+        let target = match self.route(Want::Current, proto) {
+            Ok(t) => t,
+            Err(step) => return step,
+        };
+        if login.is_some() {
+            self.authenticated = true;
+        }
+        if self.pinned.is_some() {
+            // The dedicated connection now carries a protocol choice: keep it to the end.
+            self.permanent = true;
+        }
+        self.proto = proto;
+        if let Some(name) = setname {
+            self.name = if name.is_empty() { None } else { Some(Bytes::copy_from_slice(name)) };
+        }
+        // Redis fills in the server's details; the login and name stay here.
+        self.scratch.clear();
+        match version {
+            Some(v) => encode_command(&mut self.scratch, &[&b"HELLO"[..], if v == 3 { b"3" } else { b"2" }]),
+            None => encode_command(&mut self.scratch, &[&b"HELLO"[..]]),
+        }
+        let stripped = std::mem::take(&mut self.scratch);
+        self.send(&target, &stripped, cmd, true);
+        self.scratch = stripped;
+        Step::Done
+    }
+
+    fn reset(&mut self, cmd: CommandId) -> Step {
+        if self.client.outstanding() > 0 {
+            return self.drain();
+        }
+        self.unpin();
+        self.proto = 2;
+        self.name = None;
+        self.shared = None;
+        self.authenticated = self.svc.client_auth.is_none();
+        self.reply_local(cmd, replies::RESET)
+    }
+
+    fn client_command(&mut self, frame: &[u8], cmd: CommandId, argc: usize, sub: &[u8], a2: &[u8]) -> Step {
+        let pinned = self.pinned.is_some();
+        let upper = sub.to_ascii_uppercase();
+        match upper.as_slice() {
+            b"SETNAME" if argc == 3 && !pinned => {
+                if !valid_client_name(a2) {
+                    return self.reply_local(cmd, replies::BAD_CLIENT_NAME);
+                }
+                self.name = if a2.is_empty() { None } else { Some(Bytes::copy_from_slice(a2)) };
+                self.reply_local(cmd, replies::OK)
+            }
+            b"GETNAME" if argc == 2 && !pinned => {
+                let mut r = BytesMut::new();
+                match &self.name {
+                    Some(n) => replies::bulk(&mut r, n),
+                    None => r.extend_from_slice(replies::null(self.proto)),
+                }
+                self.reply_local(cmd, &r)
+            }
+            b"SETNAME" if argc == 3 => {
+                let step = self.forward(frame, cmd, Want::Current, true);
+                if valid_client_name(a2) {
+                    self.name = if a2.is_empty() { None } else { Some(Bytes::copy_from_slice(a2)) };
+                }
+                self.permanent = true;
+                step
+            }
+            // Replies stop or turn into pushes: the connection must be relayed as it is.
+            b"REPLY" | b"TRACKING" => self.forward(frame, cmd, Want::Dedicated { permanent: true, raw: true }, false),
+            // The client's own connection identity or per-connection modes.
+            b"ID" | b"INFO" | b"CACHING" | b"NO-EVICT" | b"NO-TOUCH" | b"GETREDIR" | b"TRACKINGINFO" => {
+                self.forward(frame, cmd, Want::Dedicated { permanent: true, raw: false }, true)
+            }
+            _ => self.forward(frame, cmd, Want::Current, true),
+        }
+    }
+}
+
+/// Compares credentials in constant time (for equal lengths). A missing username means
+/// Redis's `default` user.
+fn creds_match(expected: &Creds, user: Option<&[u8]>, pass: &[u8]) -> bool {
+    let want_user = expected.username.as_deref().unwrap_or(b"default");
+    let got_user = user.unwrap_or(b"default");
+    let user_ok = ct_eq(want_user, got_user);
+    let pass_ok = ct_eq(&expected.password.0, pass);
+    user_ok & pass_ok
+}
+
+/// Equality whose time does not depend on where the inputs differ.
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = (a.len() ^ b.len()) as u64;
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0xff);
+        diff |= u64::from(x ^ y);
+    }
+    diff == 0
+}
+
+/// Redis accepts client names of printable ASCII without spaces.
+fn valid_client_name(name: &[u8]) -> bool {
+    name.iter().all(|&c| (b'!'..=b'~').contains(&c))
+}
+
+/// Parses an integer the way Redis's `string2ll` does (no leading `+`, no leading zeros).
+fn parse_redis_int(s: &str) -> Option<i64> {
+    if s.is_empty() || s.starts_with('+') || (s.len() > 1 && s.starts_with('0')) || s.starts_with("-0") {
+        return None;
+    }
+    s.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    #[test]
+    fn constant_time_compare_is_exact() {
+        assert!(ct_eq(b"abc", b"abc"));
+        assert!(!ct_eq(b"abc", b"abd"));
+        assert!(!ct_eq(b"abc", b"abcd"));
+        assert!(!ct_eq(b"", b"a"));
+        assert!(ct_eq(b"", b""));
+    }
+
+    #[test]
+    fn a_password_alone_means_the_default_user() {
+        let pw = Creds { username: None, password: Secret(b"pw".to_vec()) };
+        assert!(creds_match(&pw, None, b"pw"));
+        assert!(creds_match(&pw, Some(b"default"), b"pw"));
+        assert!(!creds_match(&pw, Some(b"app"), b"pw"));
+        let app = Creds { username: Some(b"app".to_vec()), password: Secret(b"pw".to_vec()) };
+        assert!(creds_match(&app, Some(b"app"), b"pw"));
+        assert!(!creds_match(&app, None, b"pw"));
+    }
+
+    #[test]
+    fn client_names_follow_redis_rules() {
+        assert!(valid_client_name(b"worker-1"));
+        assert!(valid_client_name(b""));
+        assert!(!valid_client_name(b"has space"));
+        assert!(!valid_client_name(b"new\nline"));
+    }
+
+    #[test]
+    fn integers_parse_like_redis() {
+        assert_eq!(parse_redis_int("3"), Some(3));
+        assert_eq!(parse_redis_int("03"), None);
+        assert_eq!(parse_redis_int("+3"), None);
+        assert_eq!(parse_redis_int("x"), None);
+    }
+}

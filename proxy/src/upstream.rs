@@ -1,0 +1,497 @@
+//! Connections to Redis.
+//!
+//! A *shared* upstream is one connection per worker, service and protocol version that carries
+//! the requests of every client of that worker: requests are appended to one buffer and written
+//! with one syscall per batch; replies come back in order and are handed to their clients. A
+//! *dedicated* upstream serves one client whose connection holds state that cannot be shared
+//! (a transaction, a blocking command, a subscription, a selected database...). It can switch
+//! to *raw* relay, where Redis's bytes go to the client as they come (subscriptions, MONITOR).
+//!
+//! Each upstream has a task that connects, logs in (AUTH, HELLO 3, CLIENT SETNAME as needed),
+//! writes, reads and dispatches replies. A shared upstream that loses its connection fails the
+//! requests in flight and reconnects on the next request; one that cannot connect fails
+//! requests at once, with the reason, until its backoff expires.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::io;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tracing::{debug, error, warn};
+
+use crate::client::Client;
+use crate::command::CommandId;
+use crate::config::ServiceRt;
+use crate::metrics::{Metrics, WorkerStats};
+use crate::net::{Read, read_some};
+use crate::replies;
+use crate::resp::reply::{ReplyScanner, Scan, is_error, simple_text};
+use crate::resp::request::encode_command;
+
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+const READ_SPARE: usize = 16 * 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Shared,
+    Dedicated,
+}
+
+enum State {
+    Connecting,
+    Ready,
+    /// Requests fail with `reply` until `until`; after that the next one reconnects.
+    Down { until: Instant, reply: Bytes },
+    /// A dedicated upstream that will not come back. `was_connected`: its client may have
+    /// state upstream that is now lost.
+    Dead { reply: Bytes, was_connected: bool },
+}
+
+struct InFlight {
+    client: Rc<Client>,
+    cmd: CommandId,
+    start: Instant,
+    /// Subject to opTimeout (blocking commands are not).
+    timed: bool,
+}
+
+struct Inner {
+    state: State,
+    wbuf: BytesMut,
+    inflight: VecDeque<InFlight>,
+    /// Raw relay: every byte read goes to this client.
+    raw: Option<Rc<Client>>,
+    wake_queued: bool,
+    /// Replaced by a newer upstream (configuration change): finish what is in flight, then go.
+    retired: bool,
+}
+
+pub struct Upstream {
+    svc: RefCell<Arc<ServiceRt>>,
+    pub kind: Kind,
+    proto: u8,
+    /// For dedicated upstreams: the client's name, set on connect.
+    client_name: Option<Bytes>,
+    inner: RefCell<Inner>,
+    wake: Notify,
+    stats: Arc<WorkerStats>,
+    metrics: Arc<Metrics>,
+    max_depth: Cell<u32>,
+}
+
+/// Why a connection attempt failed.
+enum ConnectError {
+    Io(String),
+    Auth(String),
+}
+
+impl Upstream {
+    /// Creates an upstream and starts its task on the current `LocalSet`.
+    pub fn spawn(
+        svc: Arc<ServiceRt>,
+        kind: Kind,
+        proto: u8,
+        client_name: Option<Bytes>,
+        stats: Arc<WorkerStats>,
+        metrics: Arc<Metrics>,
+        max_depth: u32,
+    ) -> Rc<Upstream> {
+        let up = Rc::new(Upstream {
+            svc: RefCell::new(svc),
+            kind,
+            proto,
+            client_name,
+            inner: RefCell::new(Inner {
+                state: State::Connecting,
+                wbuf: BytesMut::new(),
+                inflight: VecDeque::new(),
+                raw: None,
+                wake_queued: false,
+                retired: false,
+            }),
+            wake: Notify::new(),
+            stats,
+            metrics,
+            max_depth: Cell::new(max_depth),
+        });
+        tokio::task::spawn_local(up.clone().run());
+        up
+    }
+
+    pub fn service(&self) -> Arc<ServiceRt> {
+        self.svc.borrow().clone()
+    }
+
+    pub fn proto(&self) -> u8 {
+        self.proto
+    }
+
+    /// Adopts settings that do not need a new connection (timeouts, client auth).
+    pub fn update_service(&self, svc: Arc<ServiceRt>, max_depth: u32) {
+        *self.svc.borrow_mut() = svc;
+        self.max_depth.set(max_depth);
+    }
+
+    /// Hands one request to this upstream. `Err` carries the error reply for the client when
+    /// the upstream is known to be unavailable; the request was not sent.
+    #[inline]
+    pub fn send(&self, client: &Rc<Client>, frame: &[u8], cmd: CommandId, timed: bool) -> Result<(), Bytes> {
+        let mut inner = self.inner.borrow_mut();
+        match &inner.state {
+            State::Down { until, reply } => {
+                if Instant::now() < *until {
+                    return Err(reply.clone());
+                }
+                inner.state = State::Connecting;
+            }
+            State::Dead { reply, .. } => return Err(reply.clone()),
+            State::Connecting | State::Ready => {}
+        }
+        inner.wbuf.extend_from_slice(frame);
+        if inner.raw.is_none() {
+            inner.inflight.push_back(InFlight { client: client.clone(), cmd, start: Instant::now(), timed });
+            client.issue();
+        } else {
+            self.stats.record_local(cmd, false);
+        }
+        if !inner.wake_queued {
+            inner.wake_queued = true;
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// From now on every byte from Redis goes to `client` as it comes. Called with nothing in
+    /// flight, just before sending the command that starts the stream (SUBSCRIBE, MONITOR).
+    pub fn set_raw(&self, client: Rc<Client>) {
+        self.inner.borrow_mut().raw = Some(client);
+    }
+
+    pub fn is_raw(&self) -> bool {
+        self.inner.borrow().raw.is_some()
+    }
+
+    /// Whether this upstream can take requests now or after reconnecting.
+    pub fn is_usable(&self) -> bool {
+        !matches!(self.inner.borrow().state, State::Dead { .. })
+    }
+
+    /// For a dead dedicated upstream: whether its client may have lost state with it.
+    pub fn lost_state(&self) -> bool {
+        matches!(self.inner.borrow().state, State::Dead { was_connected: true, .. })
+    }
+
+    pub fn is_ready(&self) -> bool {
+        matches!(self.inner.borrow().state, State::Ready)
+    }
+
+    /// Closes the connection once nothing is in flight (dedicated: at once).
+    pub fn retire(&self) {
+        let mut inner = self.inner.borrow_mut();
+        inner.retired = true;
+        if self.kind == Kind::Dedicated {
+            inner.raw = None;
+            // Replies to a departed client are of no use; drop them with the connection.
+            inner.inflight.clear();
+        }
+        drop(inner);
+        self.wake.notify_one();
+    }
+
+    async fn run(self: Rc<Self>) {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            if self.inner.borrow().retired {
+                return;
+            }
+            let svc = self.service();
+            let endpoint = svc.endpoint().to_owned();
+            match self.connect(&svc, &endpoint).await {
+                Ok(stream) => {
+                    backoff = BACKOFF_MIN;
+                    let gauge = self.metrics.upstream_connections.get_or_create(&Metrics::service(&svc.host)).clone();
+                    gauge.inc();
+                    self.inner.borrow_mut().state = State::Ready;
+                    debug!(service = %svc.host, %endpoint, kind = ?self.kind, "upstream connected");
+                    let why = self.serve(&stream).await;
+                    gauge.dec();
+                    let reply = replies::upstream_unavailable(&svc.host, &endpoint, &why);
+                    let retired = self.inner.borrow().retired;
+                    if !retired {
+                        warn!(service = %svc.host, %endpoint, reason = %why, "upstream connection lost");
+                    }
+                    self.fail_all(&reply);
+                    if self.kind == Kind::Dedicated {
+                        self.inner.borrow_mut().state = State::Dead { reply, was_connected: true };
+                        return;
+                    }
+                    // Reconnect on the next request.
+                    self.inner.borrow_mut().state = State::Down { until: Instant::now(), reply };
+                }
+                Err(e) => {
+                    let reply = match &e {
+                        ConnectError::Auth(said) => {
+                            self.metrics.upstream_auth_failures.get_or_create(&Metrics::service(&svc.host)).inc();
+                            error!(service = %svc.host, %endpoint, redis_said = %said,
+                                "Redis refused the proxy's credentials; clients get errors until the service's auth is fixed");
+                            replies::upstream_auth_failed(&svc.host, &endpoint, said)
+                        }
+                        ConnectError::Io(why) => {
+                            self.metrics.upstream_connect_failures.get_or_create(&Metrics::service(&svc.host)).inc();
+                            warn!(service = %svc.host, %endpoint, reason = %why, retry_in = ?backoff, "cannot connect to upstream");
+                            replies::upstream_unavailable(&svc.host, &endpoint, why)
+                        }
+                    };
+                    self.fail_all(&reply);
+                    if self.kind == Kind::Dedicated {
+                        self.inner.borrow_mut().state = State::Dead { reply, was_connected: false };
+                        return;
+                    }
+                    self.inner.borrow_mut().state = State::Down { until: Instant::now() + backoff, reply };
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+            // Wait for demand: a request accepted after the backoff, or retirement.
+            loop {
+                {
+                    let inner = self.inner.borrow();
+                    if inner.retired || !inner.inflight.is_empty() || matches!(inner.state, State::Connecting) {
+                        break;
+                    }
+                }
+                self.wake.notified().await;
+            }
+            self.inner.borrow_mut().wake_queued = false;
+        }
+    }
+
+    /// Answers every request in flight (or queued while connecting) with `reply`.
+    fn fail_all(&self, reply: &[u8]) {
+        let (failed, raw) = {
+            let mut inner = self.inner.borrow_mut();
+            inner.wbuf.clear();
+            (std::mem::take(&mut inner.inflight), inner.raw.take())
+        };
+        for f in &failed {
+            f.client.deliver(reply);
+            self.stats.record_local(f.cmd, true);
+        }
+        for f in &failed {
+            f.client.flush_from_upstream();
+        }
+        if let Some(client) = raw {
+            // A subscriber whose link is gone would wait for messages forever: close it.
+            client.close_after_flush();
+        }
+    }
+
+    async fn connect(&self, svc: &ServiceRt, endpoint: &str) -> Result<TcpStream, ConnectError> {
+        let attempt = async {
+            let stream = TcpStream::connect(endpoint).await.map_err(|e| ConnectError::Io(e.to_string()))?;
+            let _ = stream.set_nodelay(true);
+            self.handshake(stream, svc).await
+        };
+        match tokio::time::timeout(svc.connect_timeout, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(ConnectError::Io(format!(
+                "no connection within connectTimeout {}",
+                respmesh_api::Duration(svc.connect_timeout)
+            ))),
+        }
+    }
+
+    /// Logs in and sets the connection up; the replies are checked here, never seen by clients.
+    async fn handshake(&self, mut stream: TcpStream, svc: &ServiceRt) -> Result<TcpStream, ConnectError> {
+        let mut hello = BytesMut::new();
+        let mut expected = Vec::new();
+        if let Some(auth) = &svc.auth {
+            match &auth.username {
+                Some(user) => encode_command(&mut hello, &[&b"AUTH"[..], user, &auth.password.0]),
+                None => encode_command(&mut hello, &[&b"AUTH"[..], &auth.password.0]),
+            }
+            expected.push("AUTH");
+        }
+        if self.proto == 3 {
+            encode_command(&mut hello, &[&b"HELLO"[..], b"3"]);
+            expected.push("HELLO");
+        }
+        if let Some(name) = &self.client_name {
+            encode_command(&mut hello, &[&b"CLIENT"[..], b"SETNAME", name]);
+            expected.push("CLIENT SETNAME");
+        }
+        if expected.is_empty() {
+            return Ok(stream);
+        }
+        let io_err = |e: io::Error| ConnectError::Io(e.to_string());
+        stream.write_all(&hello).await.map_err(io_err)?;
+        let mut buf = BytesMut::with_capacity(1024);
+        let mut scanner = ReplyScanner::new(self.max_depth.get());
+        for what in expected {
+            let len = loop {
+                match scanner.scan(&buf) {
+                    Ok(Scan::Complete { len }) => break len,
+                    Ok(Scan::Incomplete { .. }) => {
+                        if stream.read_buf(&mut buf).await.map_err(io_err)? == 0 {
+                            return Err(ConnectError::Io("connection closed during login".into()));
+                        }
+                    }
+                    Err(e) => return Err(ConnectError::Io(format!("bad reply during login: {e}"))),
+                }
+            };
+            let reply = buf.split_to(len);
+            if is_error(&reply) {
+                let said = String::from_utf8_lossy(simple_text(&reply)).into_owned();
+                return Err(if what == "AUTH" || said.starts_with("NOAUTH") || said.starts_with("WRONGPASS") {
+                    ConnectError::Auth(said)
+                } else {
+                    ConnectError::Io(format!("{what} failed: {said}"))
+                });
+            }
+        }
+        Ok(stream)
+    }
+
+    /// Runs one established connection until it fails; returns why.
+    async fn serve(&self, stream: &TcpStream) -> String {
+        let mut rbuf = BytesMut::with_capacity(READ_SPARE);
+        let mut scanner = ReplyScanner::new(self.max_depth.get());
+        let mut touched: Vec<Rc<Client>> = Vec::new();
+        let timer = tokio::time::sleep(Duration::from_secs(3600));
+        tokio::pin!(timer);
+        let mut timer_armed = false;
+        loop {
+            let want_write;
+            {
+                let mut inner = self.inner.borrow_mut();
+                inner.wake_queued = false;
+                while !inner.wbuf.is_empty() {
+                    match stream.try_write(&inner.wbuf) {
+                        Ok(n) => inner.wbuf.advance(n),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => return e.to_string(),
+                    }
+                }
+                want_write = !inner.wbuf.is_empty();
+                if inner.retired && inner.inflight.is_empty() && !want_write {
+                    return "retired".into();
+                }
+                if !timer_armed {
+                    if let Some(head) = inner.inflight.iter().find(|f| f.timed) {
+                        timer.as_mut().reset(head.start + self.svc.borrow().op_timeout);
+                        timer_armed = true;
+                    }
+                }
+            }
+            let interest = if want_write { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+            tokio::select! {
+                biased;
+                ready = stream.ready(interest) => {
+                    let ready = match ready {
+                        Ok(r) => r,
+                        Err(e) => return e.to_string(),
+                    };
+                    if ready.is_readable() || ready.is_read_closed() {
+                        loop {
+                            match read_some(stream, &mut rbuf, READ_SPARE) {
+                                Ok(Read::Data(_)) => {
+                                    if let Err(why) = self.dispatch(&mut rbuf, &mut scanner, &mut touched) {
+                                        self.flush_touched(&mut touched);
+                                        return why;
+                                    }
+                                }
+                                Ok(Read::WouldBlock) => break,
+                                Ok(Read::Eof) => {
+                                    self.flush_touched(&mut touched);
+                                    return "connection closed by Redis".into();
+                                }
+                                Err(e) => {
+                                    self.flush_touched(&mut touched);
+                                    return e.to_string();
+                                }
+                            }
+                        }
+                        self.flush_touched(&mut touched);
+                    }
+                }
+                _ = self.wake.notified() => {}
+                _ = &mut timer, if timer_armed => {
+                    timer_armed = false;
+                    let svc = self.service();
+                    let now = Instant::now();
+                    let expired = self
+                        .inner
+                        .borrow()
+                        .inflight
+                        .iter()
+                        .find(|f| f.timed)
+                        .is_some_and(|head| head.start + svc.op_timeout <= now);
+                    if expired {
+                        self.metrics.upstream_timeouts.get_or_create(&Metrics::service(&svc.host)).inc();
+                        let reply = replies::upstream_timeout(&svc.host, svc.endpoint(), svc.op_timeout_text);
+                        warn!(service = %svc.host, timeout = %svc.op_timeout_text, "request timed out; resetting the upstream connection");
+                        self.fail_all(&reply);
+                        return format!("no reply within opTimeout {}", svc.op_timeout_text);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands every complete reply in `rbuf` to its client.
+    fn dispatch(&self, rbuf: &mut BytesMut, scanner: &mut ReplyScanner, touched: &mut Vec<Rc<Client>>) -> Result<(), String> {
+        let mut inner = self.inner.borrow_mut();
+        if let Some(client) = &inner.raw {
+            client.relay(rbuf);
+            rbuf.clear();
+            if !client.flush_queued.replace(true) {
+                touched.push(client.clone());
+            }
+            return Ok(());
+        }
+        let mut now = None;
+        loop {
+            let len = match scanner.scan(rbuf) {
+                Ok(Scan::Complete { len }) => len,
+                Ok(Scan::Incomplete { need }) => {
+                    if need > rbuf.capacity() {
+                        rbuf.reserve(need - rbuf.len());
+                    }
+                    return Ok(());
+                }
+                Err(e) => return Err(format!("unreadable reply from Redis: {e}")),
+            };
+            let Some(req) = inner.inflight.pop_front() else {
+                let mut text = String::new();
+                let _ = write!(text, "reply with no request waiting for it ({} bytes)", len);
+                return Err(text);
+            };
+            let reply = &rbuf[..len];
+            req.client.deliver(reply);
+            let now = *now.get_or_insert_with(Instant::now);
+            self.stats.record(req.cmd, is_error(reply), now.saturating_duration_since(req.start));
+            if !req.client.flush_queued.replace(true) {
+                touched.push(req.client);
+            }
+            rbuf.advance(len);
+            if rbuf.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    fn flush_touched(&self, touched: &mut Vec<Rc<Client>>) {
+        for c in touched.drain(..) {
+            c.flush_queued.set(false);
+            c.flush_from_upstream();
+        }
+    }
+}

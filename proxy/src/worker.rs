@@ -1,0 +1,275 @@
+//! Worker threads. Each runs a single-threaded tokio runtime with its own listeners (bound with
+//! SO_REUSEPORT so the kernel spreads connections), its own client sessions and its own
+//! upstream connections: nothing on the request path is shared between threads, so nothing
+//! needs a lock or an atomic reference count.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+use crate::client::Client;
+use crate::config::{self, ServiceRt};
+use crate::metrics::{Metrics, WorkerStats};
+use crate::session::Session;
+use crate::upstream::{Kind, Upstream};
+
+/// Idle dedicated connections kept per service and protocol for later transactions and
+/// blocking commands.
+const POOL_SIZE: usize = 4;
+
+pub struct Worker {
+    pub id: usize,
+    pub config: Arc<config::Shared>,
+    pub metrics: Arc<Metrics>,
+    pub stats: Arc<WorkerStats>,
+    pub shutdown: watch::Receiver<bool>,
+    shared: RefCell<HashMap<(String, u8), Rc<Upstream>>>,
+    pool: RefCell<HashMap<(String, u8), Vec<Rc<Upstream>>>>,
+    sessions: Cell<usize>,
+    sessions_idle: Notify,
+}
+
+impl Worker {
+    /// The worker's shared connection for a service and protocol version, replaced when the
+    /// service's endpoints or credentials changed.
+    pub fn shared_upstream(&self, svc: &Arc<ServiceRt>, proto: u8, max_depth: u32) -> Rc<Upstream> {
+        let key = (svc.host.clone(), proto);
+        let mut shared = self.shared.borrow_mut();
+        if let Some(up) = shared.get(&key) {
+            let current = up.service();
+            if Arc::ptr_eq(&current, svc) || current.same_upstream(svc) {
+                up.update_service(svc.clone(), max_depth);
+                return up.clone();
+            }
+            info!(service = %svc.host, "service endpoints or credentials changed: opening a new upstream connection");
+            up.retire();
+        }
+        let up = Upstream::spawn(svc.clone(), Kind::Shared, proto, None, self.stats.clone(), self.metrics.clone(), max_depth);
+        shared.insert(key, up.clone());
+        up
+    }
+
+    /// A dedicated connection for the rest of a client's life.
+    pub fn new_dedicated(&self, svc: &Arc<ServiceRt>, proto: u8, name: Option<Bytes>, max_depth: u32) -> Rc<Upstream> {
+        Upstream::spawn(svc.clone(), Kind::Dedicated, proto, name, self.stats.clone(), self.metrics.clone(), max_depth)
+    }
+
+    /// A dedicated connection for a transaction or a blocking command, from the pool if one
+    /// is idle there.
+    pub fn take_dedicated(&self, svc: &Arc<ServiceRt>, proto: u8, max_depth: u32) -> Rc<Upstream> {
+        let mut pool = self.pool.borrow_mut();
+        if let Some(idle) = pool.get_mut(&(svc.host.clone(), proto)) {
+            while let Some(up) = idle.pop() {
+                if up.is_ready() && up.service().same_upstream(svc) {
+                    up.update_service(svc.clone(), max_depth);
+                    return up;
+                }
+                up.retire();
+            }
+        }
+        drop(pool);
+        self.new_dedicated(svc, proto, None, max_depth)
+    }
+
+    /// Takes back a dedicated connection whose state has ended.
+    pub fn give_back(&self, up: Rc<Upstream>) {
+        if !up.is_ready() || up.is_raw() {
+            up.retire();
+            return;
+        }
+        let svc = up.service();
+        let mut pool = self.pool.borrow_mut();
+        let idle = pool.entry((svc.host.clone(), up.proto())).or_default();
+        if idle.len() < POOL_SIZE {
+            idle.push(up);
+        } else {
+            up.retire();
+        }
+    }
+
+    fn session_started(&self) {
+        self.sessions.set(self.sessions.get() + 1);
+    }
+
+    fn session_ended(&self) {
+        self.sessions.set(self.sessions.get() - 1);
+        if self.sessions.get() == 0 {
+            self.sessions_idle.notify_waiters();
+        }
+    }
+}
+
+/// Everything a worker thread needs to start.
+pub struct WorkerSetup {
+    pub id: usize,
+    pub config: Arc<config::Shared>,
+    pub metrics: Arc<Metrics>,
+    pub generations: watch::Receiver<u64>,
+    pub shutdown: watch::Receiver<bool>,
+    pub drain_timeout: Duration,
+}
+
+/// Starts a worker thread; returns once its listeners are bound (or failed to bind).
+pub fn spawn(setup: WorkerSetup) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<Vec<SocketAddr>, String>>();
+    let id = setup.id;
+    let handle = std::thread::Builder::new()
+        .name(format!("respmesh-worker-{id}"))
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("cannot start the runtime: {e}")));
+                    return;
+                }
+            };
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&rt, worker_main(setup, ready_tx));
+        })
+        .context("cannot start a worker thread")?;
+    match ready_rx.recv() {
+        Ok(Ok(_)) => Ok(handle),
+        Ok(Err(e)) => anyhow::bail!("{e}"),
+        Err(_) => anyhow::bail!("worker {id} stopped while starting"),
+    }
+}
+
+struct Bound {
+    service: Rc<RefCell<String>>,
+    task: JoinHandle<()>,
+}
+
+async fn worker_main(setup: WorkerSetup, ready: mpsc::Sender<Result<Vec<SocketAddr>, String>>) {
+    let WorkerSetup { id, config, metrics, mut generations, mut shutdown, drain_timeout } = setup;
+    let worker = Rc::new(Worker {
+        id,
+        stats: metrics.worker(),
+        config,
+        metrics,
+        shutdown: shutdown.clone(),
+        shared: RefCell::new(HashMap::new()),
+        pool: RefCell::new(HashMap::new()),
+        sessions: Cell::new(0),
+        sessions_idle: Notify::new(),
+    });
+    let mut bound: HashMap<SocketAddr, Bound> = HashMap::new();
+    let first = reconcile_listeners(&worker, &mut bound);
+    let failed = first.is_err();
+    let _ = ready.send(first);
+    if failed {
+        return;
+    }
+    loop {
+        tokio::select! {
+            changed = generations.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                if let Err(e) = reconcile_listeners(&worker, &mut bound) {
+                    error!(worker = id, error = %e, "cannot apply the new listeners; the others keep serving");
+                }
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    // Stop accepting, then give clients time to receive what they are owed.
+    for (_, b) in bound.drain() {
+        b.task.abort();
+    }
+    if worker.sessions.get() > 0 {
+        let idle = worker.sessions_idle.notified();
+        if tokio::time::timeout(drain_timeout, idle).await.is_err() {
+            warn!(worker = id, open = worker.sessions.get(), "drain timeout: closing the remaining client connections");
+        }
+    }
+}
+
+/// Binds new listeners, drops removed ones, and retargets ones whose service changed.
+fn reconcile_listeners(worker: &Rc<Worker>, bound: &mut HashMap<SocketAddr, Bound>) -> Result<Vec<SocketAddr>, String> {
+    let rt = worker.config.load();
+    let mut problems = Vec::new();
+    let wanted: HashMap<SocketAddr, &String> = rt.listeners.iter().map(|(a, s)| (*a, s)).collect();
+    bound.retain(|addr, b| {
+        let keep = wanted.contains_key(addr);
+        if !keep {
+            info!(worker = worker.id, address = %addr, "listener removed");
+            b.task.abort();
+        }
+        keep
+    });
+    let mut addrs = Vec::new();
+    for (addr, service) in &rt.listeners {
+        if let Some(b) = bound.get(addr) {
+            if *b.service.borrow() != **service {
+                *b.service.borrow_mut() = (*service).clone();
+            }
+            continue;
+        }
+        match bind(*addr) {
+            Ok(listener) => {
+                let local = listener.local_addr().unwrap_or(*addr);
+                addrs.push(local);
+                info!(worker = worker.id, address = %local, service = %service, "listening");
+                let service = Rc::new(RefCell::new((*service).clone()));
+                let task = tokio::task::spawn_local(accept_loop(listener, service.clone(), worker.clone()));
+                bound.insert(*addr, Bound { service, task });
+            }
+            Err(e) => problems.push(format!("cannot listen on {addr}: {e}")),
+        }
+    }
+    if problems.is_empty() { Ok(addrs) } else { Err(problems.join("; ")) }
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    sock.bind(&addr.into())?;
+    sock.listen(1024)?;
+    sock.set_nonblocking(true)?;
+    TcpListener::from_std(sock.into())
+}
+
+async fn accept_loop(listener: TcpListener, service: Rc<RefCell<String>>, worker: Rc<Worker>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                warn!(error = %e, "cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let host = service.borrow().clone();
+        let client = Rc::new(Client::new(stream));
+        let Some(session) = Session::new(client, worker.clone(), host) else {
+            continue;
+        };
+        worker.metrics.client_connections.inc();
+        worker.metrics.client_connections_total.inc();
+        worker.session_started();
+        let w = worker.clone();
+        tokio::task::spawn_local(async move {
+            session.run().await;
+            w.metrics.client_connections.dec();
+            w.session_ended();
+        });
+    }
+}
