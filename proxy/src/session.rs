@@ -366,6 +366,18 @@ impl Session {
                 self.worker.give_back(p);
             }
         }
+        // A clean transient pin makes way for a permanent one, which is set up with the
+        // client's name; inside a transaction or WATCH it is kept and upgraded in place.
+        if let (Want::Dedicated { permanent: true, .. }, Some(_)) = (want, &self.pinned) {
+            if !self.permanent && !self.in_multi && !self.watching {
+                if self.client.outstanding() > 0 {
+                    return Err(self.drain());
+                }
+                if let Some(p) = self.pinned.take() {
+                    self.worker.give_back(p);
+                }
+            }
+        }
         let target = match (want, &self.pinned) {
             (_, Some(p)) => {
                 if let Want::Dedicated { permanent: true, .. } = want {
@@ -565,7 +577,8 @@ impl Session {
     }
 
     fn client_command(&mut self, frame: &[u8], cmd: CommandId, argc: usize, sub: &[u8], a2: &[u8]) -> Step {
-        let pinned = self.pinned.is_some();
+        // Only a permanent dedicated connection carries the client's name upstream.
+        let pinned = self.pinned.is_some() && self.permanent;
         let upper = sub.to_ascii_uppercase();
         match upper.as_slice() {
             b"SETNAME" if argc == 3 && !pinned => {

@@ -1,0 +1,381 @@
+//! Test support: real `redis-server` processes and the real `respmesh-proxy` binary, on free
+//! loopback ports, stopped when dropped; and a raw RESP connection that returns replies as the
+//! exact bytes the server sent, for byte-for-byte comparisons.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use respmesh_proxy::resp::reply::{ReplyScanner, Scan};
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn require_tool(name: &str) -> PathBuf {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    for dir in ["/usr/bin", "/usr/sbin", "/usr/local/bin"] {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{name} is not installed: run `make deps` (apt-get install redis-server redis-tools)");
+}
+
+/// A redis-server process.
+pub struct Redis {
+    pub port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    args: Vec<String>,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        Redis::start_with(&[])
+    }
+
+    /// Starts redis-server with extra `--name value` arguments, e.g. `["--requirepass", "pw"]`.
+    pub fn start_with(args: &[&str]) -> Redis {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Redis { port: 0, child: None, dir, args: args.iter().map(|s| s.to_string()).collect() };
+        for _ in 0..5 {
+            r.port = free_port();
+            if r.spawn() {
+                return r;
+            }
+        }
+        panic!("redis-server did not start");
+    }
+
+    fn spawn(&mut self) -> bool {
+        let mut cmd = Command::new(require_tool("redis-server"));
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--dir", self.dir.path().to_str().unwrap()])
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = cmd.spawn().expect("spawn redis-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                let _ = status;
+                self.child = None;
+                return false;
+            }
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
+                let _ = s.write_all(b"PING\r\n");
+                let mut buf = [0u8; 64];
+                s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+                if matches!(s.read(&mut buf), Ok(n) if n > 0) {
+                    return true;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server (as a crash would: SIGKILL).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        assert!(self.spawn(), "redis-server did not restart on port {}", self.port);
+    }
+
+    /// A direct connection, logged in with `auth` if given.
+    pub fn conn(&self) -> Conn {
+        Conn::connect(&self.addr())
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A respmesh-proxy process.
+pub struct Proxy {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+    allowed_warnings: Vec<String>,
+    pub config_path: Option<PathBuf>,
+    _dir: tempfile::TempDir,
+}
+
+impl Proxy {
+    /// Runs the proxy with command-line flags (the one-liner form).
+    pub fn start_args(args: &[&str]) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        let mut all: Vec<String> = vec!["--listen".into(), "127.0.0.1:0".into()];
+        all.extend(args.iter().map(|s| s.to_string()));
+        Proxy::spawn(all, None, dir)
+    }
+
+    /// Runs the proxy with a configuration file whose listener should use port 0.
+    pub fn start_config(yaml: &str) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        Proxy::spawn(vec!["--config".into(), path.to_str().unwrap().into()], Some(path), dir)
+    }
+
+    fn spawn(mut args: Vec<String>, config_path: Option<PathBuf>, dir: tempfile::TempDir) -> Proxy {
+        args.extend(["--admin".into(), "127.0.0.1:0".into(), "--log-level".into(), "info".into()]);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_respmesh-proxy"))
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn respmesh-proxy");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    let _ = tx.send(line.clone());
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let mut addr = None;
+        let mut admin = None;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while addr.is_none() || admin.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx.recv_timeout(left).unwrap_or_else(|_| {
+                panic!("proxy did not start; log:\n{}", log.lock().unwrap().join("\n"))
+            });
+            let field = |l: &str| -> Option<SocketAddr> {
+                l.split_whitespace().find_map(|t| t.strip_prefix("address=")).and_then(|a| a.parse().ok())
+            };
+            if line.contains("admin listening") {
+                admin = field(&line);
+            } else if line.contains(" listening ") {
+                addr = field(&line);
+            }
+        }
+        Proxy {
+            child: Some(child),
+            addr: addr.unwrap(),
+            admin: admin.unwrap(),
+            log,
+            allowed_warnings: Vec::new(),
+            config_path,
+            _dir: dir,
+        }
+    }
+
+    pub fn conn(&self) -> Conn {
+        Conn::connect(&self.addr.to_string())
+    }
+
+    /// Declares WARN/ERROR log lines containing `fragment` as expected by the test.
+    pub fn allow_warning(&mut self, fragment: &str) {
+        self.allowed_warnings.push(fragment.to_owned());
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Waits until a log line contains `fragment`.
+    pub fn wait_log(&self, fragment: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log.lock().unwrap().iter().any(|l| l.contains(fragment)) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// GET on the admin port: (status, body).
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        http_get(self.admin, path)
+    }
+
+    /// The value of a metric line that starts with `series` (name and labels), or 0.
+    pub fn metric(&self, series: &str) -> f64 {
+        let (_, body) = self.admin_get("/metrics");
+        body.lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Sends SIGTERM and waits for the process to end; returns its exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        child.wait().unwrap()
+    }
+
+    pub fn rewrite_config(&self, yaml: &str) {
+        let path = self.config_path.as_ref().expect("started with a config file");
+        // Replace atomically, as a ConfigMap volume does.
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, yaml).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            return;
+        }
+        let log = self.log.lock().unwrap();
+        let unexpected: Vec<&String> = log
+            .iter()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+            .filter(|l| !self.allowed_warnings.iter().any(|a| l.contains(a.as_str())))
+            .collect();
+        assert!(unexpected.is_empty(), "unexpected warnings from the proxy:\n{}", unexpected.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n"));
+    }
+}
+
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (code, body)
+}
+
+/// A raw RESP connection.
+pub struct Conn {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    pub fn connect(addr: &str) -> Conn {
+        let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Conn { stream, buf: Vec::new() }
+    }
+
+    pub fn set_timeout(&self, t: Duration) {
+        self.stream.set_read_timeout(Some(t)).unwrap();
+    }
+
+    pub fn encode(args: &[&[u8]]) -> Vec<u8> {
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            out.extend_from_slice(a);
+            out.extend_from_slice(b"\r\n");
+        }
+        out
+    }
+
+    pub fn send(&mut self, args: &[&str]) {
+        let raw: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        self.send_raw(&Conn::encode(&raw));
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// The next reply, as the exact bytes received.
+    pub fn read_reply(&mut self) -> Vec<u8> {
+        self.try_read_reply().unwrap_or_else(|e| panic!("reading a reply: {e}"))
+    }
+
+    pub fn try_read_reply(&mut self) -> std::io::Result<Vec<u8>> {
+        let mut scanner = ReplyScanner::new(1024);
+        loop {
+            if !self.buf.is_empty() {
+                match scanner.scan(&self.buf) {
+                    Ok(Scan::Complete { len }) => return Ok(self.buf.drain(..len).collect()),
+                    Ok(Scan::Incomplete { .. }) => {}
+                    Err(e) => return Err(std::io::Error::other(e.to_string())),
+                }
+            }
+            let mut chunk = vec![0u8; 256 * 1024];
+            let n = self.stream.read(&mut chunk)?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+            scanner = ReplyScanner::new(1024);
+        }
+    }
+
+    /// Sends a command and returns its reply as text (lossy), for readable assertions.
+    pub fn cmd(&mut self, args: &[&str]) -> String {
+        self.send(args);
+        String::from_utf8_lossy(&self.read_reply()).into_owned()
+    }
+
+    /// True when the server closed the connection (after any pending replies).
+    pub fn is_closed(&mut self) -> bool {
+        self.set_timeout(Duration::from_secs(5));
+        let mut b = [0u8; 1];
+        match self.stream.read(&mut b) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => matches!(e.kind(), std::io::ErrorKind::ConnectionReset),
+        }
+    }
+}
+
+/// A service config for one standalone Redis, with a port-0 listener.
+pub fn config_yaml(endpoint: &str, extra_service_fields: &str) -> String {
+    format!(
+        r#"apiVersion: proxy.respmesh.io/v1alpha1
+kind: ProxyConfig
+listeners:
+  - address: "127.0.0.1:0"
+    service: redis-single
+services:
+  - host: redis-single
+    endpoints: ["{endpoint}"]
+{extra_service_fields}"#
+    )
+}
