@@ -82,7 +82,7 @@ impl Client {
                 out.buf.extend_from_slice(&r);
             }
         }
-        if out.issued == out.delivered && self.waiting_drain.get() {
+        if out.issued == out.delivered && (self.waiting_drain.get() || out.close_after_flush) {
             self.waiting_drain.set(false);
             self.wake.notify_one();
         }

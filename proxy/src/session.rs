@@ -133,7 +133,11 @@ impl Session {
                     if r.is_err() { break; }
                     match read_some(&self.client.stream, &mut self.rbuf, READ_SPARE) {
                         Ok(Read::Data(_)) | Ok(Read::WouldBlock) => {}
-                        Ok(Read::Eof) => self.eof = true,
+                        Ok(Read::Eof) => {
+                            // Answer what was sent, then close (as Redis does).
+                            self.eof = true;
+                            self.client.close_after_flush();
+                        }
                         Err(_) => break,
                     }
                 }

@@ -263,14 +263,14 @@ impl Upstream {
             // Wait for demand: a request accepted after the backoff, or retirement.
             loop {
                 {
-                    let inner = self.inner.borrow();
+                    let mut inner = self.inner.borrow_mut();
+                    inner.wake_queued = false;
                     if inner.retired || !inner.inflight.is_empty() || matches!(inner.state, State::Connecting) {
                         break;
                     }
                 }
                 self.wake.notified().await;
             }
-            self.inner.borrow_mut().wake_queued = false;
         }
     }
 

@@ -193,6 +193,40 @@ mod tests {
         assert!(ReplyScanner::new(8).scan(b"%-1\r\n").is_err());
     }
 
+    proptest::proptest! {
+        #[test]
+        fn random_bytes_never_panic_or_overrun(input in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            if let Ok(Scan::Complete { len }) = ReplyScanner::new(16).scan(&input) {
+                proptest::prop_assert!(len <= input.len());
+            }
+        }
+
+        #[test]
+        fn a_reply_stream_split_anywhere_is_delimited_identically(cuts in proptest::collection::vec(1usize..50, 1..30)) {
+            let replies: &[&[u8]] = &[
+                b"+OK\r\n", b"$5\r\nhello\r\n", b"*2\r\n$1\r\na\r\n*1\r\n:1\r\n", b"%1\r\n+k\r\n~1\r\n_\r\n",
+                b"$-1\r\n", b">2\r\n+a\r\n+b\r\n", b"|1\r\n+a\r\n+b\r\n:7\r\n", b"-ERR x\r\n",
+            ];
+            let stream: Vec<u8> = replies.concat();
+            let mut s = ReplyScanner::new(16);
+            let mut buf = Vec::new();
+            let (mut fed, mut found) = (0, Vec::new());
+            let mut cut = cuts.iter().cycle();
+            while found.len() < replies.len() {
+                match s.scan(&buf).unwrap() {
+                    Scan::Complete { len } => found.push(buf.drain(..len).collect::<Vec<u8>>()),
+                    Scan::Incomplete { .. } => {
+                        let n = (*cut.next().unwrap()).min(stream.len() - fed);
+                        buf.extend_from_slice(&stream[fed..fed + n]);
+                        fed += n;
+                    }
+                }
+            }
+            let want: Vec<Vec<u8>> = replies.iter().map(|r| r.to_vec()).collect();
+            proptest::prop_assert_eq!(found, want);
+        }
+    }
+
     #[test]
     fn error_detection_and_text() {
         assert!(is_error(b"-ERR x\r\n"));

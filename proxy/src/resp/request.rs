@@ -20,13 +20,19 @@ const UNAUTH_MAX_BULK: i64 = 16 * 1024;
 
 /// Positions of a command's first [`RECORDED_ARGS`] arguments within its frame.
 #[derive(Clone, Copy, Debug)]
-pub struct Spans([(usize, usize); RECORDED_ARGS]);
+pub struct Spans {
+    ranges: [(usize, usize); RECORDED_ARGS],
+    argc: usize,
+}
 
 impl Spans {
     /// Argument `i` of `frame`, if recorded (`i < RECORDED_ARGS` and `i < argc`).
     #[inline]
     pub fn get<'a>(&self, frame: &'a [u8], i: usize) -> Option<&'a [u8]> {
-        let &(start, end) = self.0.get(i)?;
+        if i >= self.argc {
+            return None;
+        }
+        let &(start, end) = self.ranges.get(i)?;
         frame.get(start..end)
     }
 }
@@ -60,11 +66,13 @@ pub struct RequestParser {
     limits: Limits,
     state: State,
     ranges: [(usize, usize); RECORDED_ARGS],
+    /// Arguments of the frame last parsed.
+    argc: usize,
 }
 
 impl RequestParser {
     pub fn new(limits: Limits) -> Self {
-        RequestParser { limits, state: State::Start, ranges: [(0, 0); RECORDED_ARGS] }
+        RequestParser { limits, state: State::Start, ranges: [(0, 0); RECORDED_ARGS], argc: 0 }
     }
 
     pub fn set_limits(&mut self, limits: Limits) {
@@ -96,7 +104,7 @@ impl RequestParser {
     /// Where the recorded arguments of the frame just parsed lie.
     #[inline]
     pub fn spans(&self) -> Spans {
-        Spans(self.ranges)
+        Spans { ranges: self.ranges, argc: self.argc }
     }
 
     fn parse_header(&mut self, buf: &[u8], authenticated: bool) -> Result<Parsed, ProtocolError> {
@@ -182,6 +190,7 @@ impl RequestParser {
             left -= 1;
         }
         self.state = State::Start;
+        self.argc = argc;
         Ok(Parsed::Multibulk { len: pos, argc })
     }
 
@@ -211,11 +220,16 @@ impl RequestParser {
 /// white space; `"..."` with C-style escapes (`\n`, `\xHH`, ...); `'...'` with only `\'`.
 /// A closing quote must be followed by white space or the end. `None` means unbalanced quotes.
 pub fn split_inline(line: &[u8]) -> Option<Vec<Vec<u8>>> {
+    // Redis splits a C string: whatever follows a NUL byte is not seen.
+    let line = match memchr::memchr(0, line) {
+        Some(nul) => &line[..nul],
+        None => line,
+    };
     let mut args = Vec::new();
     let mut i = 0;
     let n = line.len();
     loop {
-        while i < n && line[i].is_ascii_whitespace() {
+        while i < n && c_isspace(line[i]) {
             i += 1;
         }
         if i >= n {
@@ -244,7 +258,7 @@ pub fn split_inline(line: &[u8]) -> Option<Vec<Vec<u8>>> {
                         other => other,
                     });
                 } else if c == b'"' {
-                    if i + 1 < n && !line[i + 1].is_ascii_whitespace() {
+                    if i + 1 < n && !c_isspace(line[i + 1]) {
                         return None;
                     }
                     i += 1;
@@ -261,7 +275,7 @@ pub fn split_inline(line: &[u8]) -> Option<Vec<Vec<u8>>> {
                     i += 1;
                     cur.push(b'\'');
                 } else if c == b'\'' {
-                    if i + 1 < n && !line[i + 1].is_ascii_whitespace() {
+                    if i + 1 < n && !c_isspace(line[i + 1]) {
                         return None;
                     }
                     i += 1;
@@ -274,7 +288,7 @@ pub fn split_inline(line: &[u8]) -> Option<Vec<Vec<u8>>> {
                     break;
                 }
                 match line[i] {
-                    b' ' | b'\n' | b'\r' | b'\t' | 0 => break,
+                    b' ' | b'\n' | b'\r' | b'\t' => break,
                     b'"' => in_dq = true,
                     b'\'' => in_sq = true,
                     c => cur.push(c),
@@ -284,6 +298,11 @@ pub fn split_inline(line: &[u8]) -> Option<Vec<Vec<u8>>> {
         }
         args.push(cur);
     }
+}
+
+/// C's `isspace`: space, \t, \n, \v, \f, \r.
+fn c_isspace(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r')
 }
 
 fn is_hex(c: u8) -> bool {
@@ -335,7 +354,7 @@ mod tests {
         let mut p = parser();
         let buf = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nhello\r\n*1\r\n$4\r\nPING\r\n";
         let Parsed::Multibulk { len, argc } = p.parse(buf, true).unwrap() else { panic!() };
-        assert_eq!((len, argc), (33, 3));
+        assert_eq!((len, argc), (31, 3));
         assert_eq!(p.arg(buf, 0), Some(&b"SET"[..]));
         assert_eq!(p.arg(buf, 2), Some(&b"hello"[..]));
         assert_eq!(p.arg(buf, 3), None);
@@ -369,7 +388,7 @@ mod tests {
         let mut p = parser();
         let got = p.parse(b"set k \"a b\\x41\\n\" 'it\\'s'\r\n", true).unwrap();
         let Parsed::Inline { args, len } = got else { panic!("{got:?}") };
-        assert_eq!(len, 25);
+        assert_eq!(len, 27);
         assert_eq!(args, vec![b"set".to_vec(), b"k".to_vec(), b"a bA\n".to_vec(), b"it's".to_vec()]);
         assert_eq!(split_inline(b"get \"open"), None);
         assert_eq!(split_inline(b"get \"a\"b"), None);
@@ -412,6 +431,69 @@ mod tests {
         assert_eq!(parser().parse(b"*11\r\n", false), Err(ProtocolError::UnauthenticatedArrayLength));
         assert_eq!(parser().parse(b"*2\r\n$4\r\nAUTH\r\n$16385\r\n", false), Err(ProtocolError::UnauthenticatedBulkLength));
         assert!(parser().parse(b"*11\r\n", true).is_ok());
+    }
+
+    #[test]
+    fn inline_splitting_stops_at_nul_and_handles_c_whitespace() {
+        assert_eq!(split_inline(b"get a\0 ignored"), Some(vec![b"get".to_vec(), b"a".to_vec()]));
+        assert_eq!(split_inline(b"\x0bget\x0ca"), Some(vec![b"get\x0ca".to_vec()]));
+        assert_eq!(split_inline(b"\0"), Some(vec![]));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_input_parses_or_errors_without_panicking(input in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let mut p = parser();
+            let mut off = 0;
+            // Every step consumes bytes or stops: no input loops forever.
+            for _ in 0..input.len() + 1 {
+                match p.parse(&input[off..], true) {
+                    Ok(Parsed::Multibulk { len, .. }) | Ok(Parsed::Inline { len, .. }) | Ok(Parsed::Empty { len }) => {
+                        proptest::prop_assert!(len > 0);
+                        off += len;
+                    }
+                    Ok(Parsed::Incomplete { .. }) | Err(_) => break,
+                }
+                if off >= input.len() {
+                    break;
+                }
+            }
+        }
+
+        #[test]
+        fn split_reads_give_the_same_commands(
+            cmds in proptest::collection::vec(proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..40), 1..6), 1..8),
+            cuts in proptest::collection::vec(1usize..64, 1..40),
+        ) {
+            let mut stream = bytes::BytesMut::new();
+            for c in &cmds {
+                encode_command(&mut stream, c);
+            }
+            // Feed the bytes in random-sized pieces, as reads would deliver them.
+            let mut p = parser();
+            let mut buf: Vec<u8> = Vec::new();
+            let mut fed = 0;
+            let mut got: Vec<Vec<Vec<u8>>> = Vec::new();
+            let mut cut = cuts.iter().cycle();
+            while got.len() < cmds.len() {
+                match p.parse(&buf, true).unwrap() {
+                    Parsed::Multibulk { len, argc } => {
+                        let frame = &buf[..len];
+                        got.push(args(frame).map(<[u8]>::to_vec).collect());
+                        proptest::prop_assert_eq!(argc, got.last().unwrap().len());
+                        buf.drain(..len);
+                    }
+                    Parsed::Incomplete { .. } => {
+                        let n = (*cut.next().unwrap()).min(stream.len() - fed);
+                        proptest::prop_assert!(n > 0, "incomplete with nothing left to feed");
+                        buf.extend_from_slice(&stream[fed..fed + n]);
+                        fed += n;
+                    }
+                    other => proptest::prop_assert!(false, "unexpected {:?}", other),
+                }
+            }
+            proptest::prop_assert_eq!(got, cmds);
+        }
     }
 
     #[test]

@@ -62,7 +62,7 @@ impl Redis {
     fn spawn(&mut self) -> bool {
         let mut cmd = Command::new(require_tool("redis-server"));
         cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--dir", self.dir.path().to_str().unwrap()])
+            .args(["--dir", self.dir.path().to_str().unwrap(), "--enable-debug-command", "yes"])
             .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -262,6 +262,9 @@ impl Drop for Proxy {
             let _ = c.wait();
         }
         if std::thread::panicking() {
+            let log = self.log.lock().unwrap();
+            let tail = &log[log.len().saturating_sub(30)..];
+            eprintln!("--- proxy log (last {} lines) ---\n{}", tail.len(), tail.join("\n"));
             return;
         }
         let log = self.log.lock().unwrap();

@@ -1,0 +1,232 @@
+//! Bad input and failures: each costs only what it must (one client, the requests in flight)
+//! and says clearly what happened.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use support::{Conn, Proxy, Redis, config_yaml, free_port};
+
+#[test]
+fn malformed_input_closes_only_that_client_with_a_protocol_error() {
+    let redis = Redis::start();
+    let mut proxy = Proxy::start_args(&["--upstream", &redis.addr()]);
+    proxy.allow_warning("protocol error");
+    let mut good = proxy.conn();
+    assert_eq!(good.cmd(&["SET", "k", "v"]), "+OK\r\n");
+    let cases: &[(&[u8], &str)] = &[
+        (b"*1\r\n:1\r\n", "-ERR Protocol error: expected '$', got ':'\r\n"),
+        (b"*x\r\n", "-ERR Protocol error: invalid multibulk length\r\n"),
+        (b"*1\r\n$-5\r\n", "-ERR Protocol error: invalid bulk length\r\n"),
+        (b"*1\r\n$3\r\nGETxx", "-ERR Protocol error: expected CRLF after bulk string\r\n"),
+        (b"SET \"unbalanced\r\n", "-ERR Protocol error: unbalanced quotes in request\r\n"),
+    ];
+    for (input, want) in cases {
+        let mut bad = proxy.conn();
+        bad.send_raw(input);
+        assert_eq!(String::from_utf8_lossy(&bad.read_reply()), *want, "{:?}", String::from_utf8_lossy(input));
+        assert!(bad.is_closed(), "the offending client is disconnected");
+    }
+    assert_eq!(good.cmd(&["GET", "k"]), "$1\r\nv\r\n", "other clients are unaffected");
+    assert_eq!(proxy.metric("respmesh_proxy_protocol_errors_total"), cases.len() as f64);
+}
+
+#[test]
+fn replies_before_the_bad_frame_are_still_delivered() {
+    let redis = Redis::start();
+    let proxy = Proxy::start_args(&["--upstream", &redis.addr()]);
+    let mut c = proxy.conn();
+    c.send_raw(b"*3\r\n$3\r\nSET\r\n$1\r\na\r\n$1\r\n1\r\n*1\r\n$4\r\nPING\r\n*1\r\n!oops\r\n");
+    assert_eq!(c.read_reply(), b"+OK\r\n");
+    assert_eq!(c.read_reply(), b"+PONG\r\n");
+    assert_eq!(String::from_utf8_lossy(&c.read_reply()), "-ERR Protocol error: expected '$', got '!'\r\n");
+    assert!(c.is_closed());
+}
+
+#[test]
+fn configured_limits_bound_bulk_array_and_inline_sizes() {
+    let redis = Redis::start();
+    let yaml = config_yaml(&redis.addr(), "") + "limits:\n  maxBulkLength: 1024\n  maxArrayLength: 16\n  maxInlineLength: 64\n";
+    let proxy = Proxy::start_config(&yaml);
+    let mut c = proxy.conn();
+    assert_eq!(c.cmd(&["SET", "k", &"x".repeat(1024)]), "+OK\r\n", "at the limit is fine");
+
+    let mut c = proxy.conn();
+    c.send(&["SET", "k", &"x".repeat(1025)]);
+    assert_eq!(
+        String::from_utf8_lossy(&c.read_reply()),
+        "-ERR Protocol error: bulk string of 1025 bytes is over this proxy's limit of 1024 (limits.maxBulkLength)\r\n"
+    );
+    assert!(c.is_closed());
+
+    let mut c = proxy.conn();
+    let mut args = vec!["DEL"];
+    args.extend(std::iter::repeat_n("k", 16));
+    c.send(&args);
+    assert_eq!(
+        String::from_utf8_lossy(&c.read_reply()),
+        "-ERR Protocol error: command has 17 elements, over this proxy's limit of 16 (limits.maxArrayLength)\r\n"
+    );
+
+    let mut c = proxy.conn();
+    c.send_raw(format!("GET {}", "k".repeat(100)).as_bytes());
+    assert_eq!(String::from_utf8_lossy(&c.read_reply()), "-ERR Protocol error: too big inline request\r\n");
+    assert!(c.is_closed());
+}
+
+#[test]
+fn unauthenticated_clients_cannot_send_large_frames() {
+    let redis = Redis::start();
+    let proxy = Proxy::start_args(&["--upstream", &redis.addr(), "--client-password", "pw"]);
+    let mut c = proxy.conn();
+    c.send(&["AUTH", &"x".repeat(20_000)]);
+    assert_eq!(String::from_utf8_lossy(&c.read_reply()), "-ERR Protocol error: unauthenticated bulk length\r\n");
+    assert!(c.is_closed());
+}
+
+#[test]
+fn redis_down_gives_fast_clear_errors_then_recovers() {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut proxy = Proxy::start_args(&["--upstream", &addr]);
+    proxy.allow_warning("cannot connect to upstream");
+    proxy.allow_warning("upstream connection lost");
+    let mut c = proxy.conn();
+    let start = Instant::now();
+    let reply = c.cmd(&["GET", "k"]);
+    assert!(start.elapsed() < Duration::from_millis(500), "took {:?}", start.elapsed());
+    assert_eq!(reply, format!("-ERR respmesh: upstream {addr} ({addr}) unavailable: Connection refused (os error 111)\r\n"));
+    // During the backoff further requests fail at once, without a connection attempt each.
+    let start = Instant::now();
+    for _ in 0..100 {
+        assert!(c.cmd(&["GET", "k"]).starts_with("-ERR respmesh: upstream"));
+    }
+    assert!(start.elapsed() < Duration::from_millis(500));
+
+    // Redis comes up: within the backoff (at most 1 s) requests succeed.
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--dir", dir.path().to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut ok = false;
+    while Instant::now() < deadline {
+        if c.cmd(&["SET", "k", "v"]) == "+OK\r\n" {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = redis.kill();
+    let _ = redis.wait();
+    assert!(ok, "the proxy did not reconnect");
+    assert!(proxy.metric(&format!("respmesh_proxy_upstream_connect_failures_total{{service=\"{addr}\"}}")) >= 1.0);
+}
+
+#[test]
+fn redis_restarting_fails_only_the_requests_in_flight() {
+    let mut redis = Redis::start();
+    let mut proxy = Proxy::start_args(&["--upstream", &redis.addr()]);
+    proxy.allow_warning("upstream connection lost");
+    let mut before = proxy.conn();
+    assert_eq!(before.cmd(&["SET", "k", "v"]), "+OK\r\n");
+    // Two requests in flight on the shared connection when Redis dies.
+    let mut slow = proxy.conn();
+    slow.send(&["DEBUG", "SLEEP", "2"]);
+    std::thread::sleep(Duration::from_millis(100));
+    let mut queued = proxy.conn();
+    queued.send(&["GET", "k"]);
+    std::thread::sleep(Duration::from_millis(100));
+    redis.restart();
+    // Closed or reset, depending on timing.
+    let lost = format!("-ERR respmesh: upstream {0} ({0}) unavailable: ", redis.addr());
+    for c in [&mut slow, &mut queued] {
+        let reply = String::from_utf8_lossy(&c.read_reply()).into_owned();
+        assert!(reply.starts_with(&lost), "{reply}");
+    }
+    // The next requests reconnect at once and succeed; no client was disconnected.
+    assert_eq!(queued.cmd(&["SET", "k", "again"]), "+OK\r\n");
+    assert_eq!(before.cmd(&["GET", "k"]), "$5\r\nagain\r\n");
+    assert_eq!(slow.cmd(&["PING"]), "+PONG\r\n");
+}
+
+#[test]
+fn a_request_over_op_timeout_gets_an_error_and_others_recover() {
+    let redis = Redis::start();
+    let mut proxy = Proxy::start_config(&config_yaml(&redis.addr(), "    opTimeout: 300ms\n"));
+    proxy.allow_warning("request timed out");
+    proxy.allow_warning("upstream connection lost");
+    let mut c = proxy.conn();
+    let start = Instant::now();
+    let reply = c.cmd(&["DEBUG", "SLEEP", "1"]);
+    let took = start.elapsed();
+    assert_eq!(reply, "-ERR respmesh: upstream redis-single (".to_owned() + &redis.addr() + ") did not reply within opTimeout 300ms\r\n");
+    assert!(took >= Duration::from_millis(300) && took < Duration::from_millis(900), "took {took:?}");
+    assert_eq!(proxy.metric("respmesh_proxy_upstream_timeouts_total{service=\"redis-single\"}"), 1.0);
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(c.cmd(&["SET", "after", "1"]), "+OK\r\n");
+}
+
+#[test]
+fn blocking_commands_are_not_cut_by_op_timeout() {
+    let redis = Redis::start();
+    let proxy = Proxy::start_config(&config_yaml(&redis.addr(), "    opTimeout: 200ms\n"));
+    let mut c = proxy.conn();
+    let start = Instant::now();
+    assert_eq!(c.cmd(&["BLPOP", "nothing", "0.6"]), "*-1\r\n");
+    assert!(start.elapsed() >= Duration::from_millis(600));
+}
+
+#[test]
+fn clients_vanishing_mid_pipeline_leak_nothing() {
+    let redis = Redis::start();
+    let proxy = Proxy::start_args(&["--upstream", &redis.addr()]);
+    let mut batch = Vec::new();
+    for i in 0..5_000 {
+        batch.extend(Conn::encode(&[b"SET", format!("key{i}").as_bytes(), b"value"]));
+    }
+    for _ in 0..40 {
+        let mut s = TcpStream::connect(proxy.addr).unwrap();
+        s.write_all(&batch).unwrap();
+        drop(s); // gone before reading a single reply
+    }
+    let mut c = proxy.conn();
+    assert_eq!(c.cmd(&["PING"]), "+PONG\r\n");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proxy.metric("respmesh_proxy_client_connections") > 1.0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(proxy.metric("respmesh_proxy_client_connections"), 1.0, "only the live client remains");
+    // Redis sees the proxy's one shared connection (plus this INFO connection), no leftovers.
+    let info = redis.conn().cmd(&["INFO", "clients"]);
+    assert!(info.contains("connected_clients:2"), "{info}");
+}
+
+#[test]
+fn random_garbage_never_takes_the_proxy_down() {
+    let redis = Redis::start();
+    let mut proxy = Proxy::start_args(&["--upstream", &redis.addr()]);
+    proxy.allow_warning("protocol error");
+    let mut rng = fastrand::Rng::with_seed(7);
+    for _ in 0..300 {
+        let mut s = TcpStream::connect(proxy.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let len = rng.usize(1..2048);
+        let mut junk: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+        // Make many of them look like RESP to get past the first byte.
+        if rng.bool() {
+            junk[0] = *rng.choice(b"*$+-:\r\n").unwrap();
+        }
+        let _ = s.write_all(&junk);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        // The proxy answers what it can and closes: reading ends well before the timeout.
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink);
+    }
+    assert_eq!(proxy.admin_get("/live").0, 200);
+    assert_eq!(proxy.conn().cmd(&["PING"]), "+PONG\r\n");
+}
