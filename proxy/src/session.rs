@@ -111,8 +111,10 @@ impl Session {
         let mut draining = false;
         loop {
             if !draining && *shutdown.borrow() {
+                // Shutting down: answer what was sent, then close.
                 draining = true;
                 self.eof = true;
+                self.client.close_after_flush();
             }
             let waiting = self.process();
             if self.client.flush().is_err() {

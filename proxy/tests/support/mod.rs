@@ -146,6 +146,12 @@ impl Proxy {
         Proxy::spawn(vec!["--config".into(), path.to_str().unwrap().into()], Some(path), dir)
     }
 
+    /// Runs the proxy on an existing configuration file.
+    pub fn start_config_path(path: &Path) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        Proxy::spawn(vec!["--config".into(), path.to_str().unwrap().into()], Some(path.to_path_buf()), dir)
+    }
+
     fn spawn(mut args: Vec<String>, config_path: Option<PathBuf>, dir: tempfile::TempDir) -> Proxy {
         args.extend(["--admin".into(), "127.0.0.1:0".into(), "--log-level".into(), "info".into()]);
         let mut child = Command::new(env!("CARGO_BIN_EXE_respmesh-proxy"))
@@ -244,6 +250,11 @@ impl Proxy {
         let mut child = self.child.take().unwrap();
         Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
         child.wait().unwrap()
+    }
+
+    /// Waits for the process to end (after a signal sent some other way).
+    pub fn terminate_wait(&mut self) -> std::process::ExitStatus {
+        self.child.take().unwrap().wait().unwrap()
     }
 
     pub fn rewrite_config(&self, yaml: &str) {

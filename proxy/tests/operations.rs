@@ -1,0 +1,175 @@
+//! Operating the proxy: the admin endpoint, configuration reload without dropping
+//! connections, rejection of a bad configuration, graceful shutdown, JSON logs.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{Proxy, Redis, config_yaml};
+
+#[test]
+fn admin_endpoint_reports_health_metrics_and_redacted_config() {
+    let redis = Redis::start_with(&["--requirepass", "s3cret-upstream"]);
+    let proxy = Proxy::start_config(&config_yaml(
+        &redis.addr(),
+        "    auth: {password: s3cret-upstream}\n    clientAuth: {password: s3cret-client}\n",
+    ));
+    assert_eq!(proxy.admin_get("/live"), (200, "live\n".into()));
+    assert_eq!(proxy.admin_get("/ready"), (200, "ready\n".into()));
+    assert_eq!(proxy.admin_get("/nope").0, 404);
+
+    let (code, config) = proxy.admin_get("/config");
+    assert_eq!(code, 200);
+    assert!(!config.contains("s3cret"), "credentials must not show: {config}");
+    assert!(config.contains("<redacted>") && config.contains("\"generation\": 1"), "{config}");
+
+    let mut c = proxy.conn();
+    c.cmd(&["AUTH", "s3cret-client"]);
+    for _ in 0..3 {
+        c.cmd(&["SET", "k", "v"]);
+    }
+    c.cmd(&["GET", "k"]);
+    c.cmd(&["LPUSH", "k", "x"]); // WRONGTYPE
+    let (_, metrics) = proxy.admin_get("/metrics");
+    for want in [
+        "respmesh_proxy_commands_total{command=\"set\"} 3",
+        "respmesh_proxy_commands_total{command=\"get\"} 1",
+        "respmesh_proxy_command_errors_total{command=\"lpush\"} 1",
+        "respmesh_proxy_command_latency_seconds_count{command=\"set\"} 3",
+        "respmesh_proxy_client_connections 1",
+        "respmesh_proxy_upstream_connections{service=\"redis-single\"} 1",
+    ] {
+        assert!(metrics.contains(want), "missing {want:?} in\n{metrics}");
+    }
+    assert!(!metrics.contains("s3cret"));
+}
+
+#[test]
+fn a_config_change_applies_without_dropping_connections() {
+    let first = Redis::start();
+    let second = Redis::start();
+    let proxy = Proxy::start_config(&config_yaml(&first.addr(), ""));
+    let mut c = proxy.conn();
+    assert_eq!(c.cmd(&["SET", "where", "first"]), "+OK\r\n");
+
+    // Move the service to another Redis and add a second listener.
+    let port = support::free_port();
+    let moved = config_yaml(&second.addr(), "").replace(
+        "listeners:\n",
+        &format!("listeners:\n  - address: \"127.0.0.1:{port}\"\n    service: redis-single\n"),
+    );
+    proxy.rewrite_config(&moved);
+    assert!(proxy.wait_log("configuration reloaded", Duration::from_secs(5)), "{}", proxy.log());
+    // The same client connection now reaches the second Redis.
+    assert_eq!(c.cmd(&["GET", "where"]), "$-1\r\n");
+    assert_eq!(c.cmd(&["SET", "where", "second"]), "+OK\r\n");
+    assert_eq!(second.conn().cmd(&["GET", "where"]), "$6\r\nsecond\r\n");
+    assert_eq!(first.conn().cmd(&["GET", "where"]), "$5\r\nfirst\r\n");
+    // The new listener serves too.
+    let mut d = support::Conn::connect(&format!("127.0.0.1:{port}"));
+    assert_eq!(d.cmd(&["GET", "where"]), "$6\r\nsecond\r\n");
+    assert_eq!(proxy.metric("respmesh_proxy_config_reloads_total{result=\"success\"}"), 1.0);
+    assert_eq!(proxy.metric("respmesh_proxy_config_generation"), 2.0);
+}
+
+#[test]
+fn an_invalid_new_config_is_rejected_and_the_old_one_keeps_serving() {
+    let redis = Redis::start();
+    let mut proxy = Proxy::start_config(&config_yaml(&redis.addr(), ""));
+    proxy.allow_warning("new configuration rejected");
+    let mut c = proxy.conn();
+    assert_eq!(c.cmd(&["SET", "k", "v"]), "+OK\r\n");
+    proxy.rewrite_config(&config_yaml(&redis.addr(), "    opTimeout: soon\n    bogusField: 1\n"));
+    assert!(proxy.wait_log("new configuration rejected", Duration::from_secs(5)), "{}", proxy.log());
+    assert!(proxy.log().contains("unknown field `bogusField`") || proxy.log().contains("invalid duration"), "{}", proxy.log());
+    assert_eq!(c.cmd(&["GET", "k"]), "$1\r\nv\r\n");
+    assert_eq!(proxy.conn().cmd(&["GET", "k"]), "$1\r\nv\r\n");
+    assert_eq!(proxy.metric("respmesh_proxy_config_reloads_total{result=\"failure\"}"), 1.0);
+    assert_eq!(proxy.metric("respmesh_proxy_config_generation"), 1.0);
+}
+
+#[test]
+fn a_config_in_a_kubernetes_style_volume_reloads_on_symlink_swap() {
+    // A ConfigMap volume: config.yaml -> ..data/config.yaml, ..data -> ..2026_1; an update
+    // writes a new timestamped directory and swaps the ..data symlink.
+    let redis_a = Redis::start();
+    let redis_b = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = dir.path().join("..2026_1");
+    std::fs::create_dir(&v1).unwrap();
+    std::fs::write(v1.join("config.yaml"), config_yaml(&redis_a.addr(), "")).unwrap();
+    std::os::unix::fs::symlink("..2026_1", dir.path().join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/config.yaml", dir.path().join("config.yaml")).unwrap();
+    let mut proxy = Proxy::start_config_path(&dir.path().join("config.yaml"));
+    let mut c = proxy.conn();
+    c.cmd(&["SET", "k", "a"]);
+
+    let v2 = dir.path().join("..2026_2");
+    std::fs::create_dir(&v2).unwrap();
+    std::fs::write(v2.join("config.yaml"), config_yaml(&redis_b.addr(), "")).unwrap();
+    std::os::unix::fs::symlink("..2026_2", dir.path().join("..data_tmp")).unwrap();
+    std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
+    assert!(proxy.wait_log("configuration reloaded", Duration::from_secs(5)), "{}", proxy.log());
+    assert_eq!(c.cmd(&["GET", "k"]), "$-1\r\n", "now served by the second Redis");
+    proxy.terminate();
+}
+
+#[test]
+fn sigterm_drains_requests_in_flight_then_exits() {
+    let redis = Redis::start();
+    let mut proxy = Proxy::start_args(&["--upstream", &redis.addr()]);
+    let mut c = proxy.conn();
+    c.send(&["DEBUG", "SLEEP", "0.5"]);
+    std::thread::sleep(Duration::from_millis(100));
+    let start = Instant::now();
+    let status = {
+        let pid = proxy.pid();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+        });
+        // The reply in flight still arrives, then the connection closes.
+        assert_eq!(c.read_reply(), b"+OK\r\n");
+        assert!(c.is_closed());
+        t.join().unwrap();
+        proxy.terminate_wait()
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(start.elapsed() < Duration::from_secs(3));
+    assert!(proxy.log().contains("SIGTERM: draining"));
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let redis = Redis::start();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_respmesh-proxy"))
+        .args(["--upstream", &redis.addr(), "--listen", "127.0.0.1:0", "--admin", "off", "--log-format", "json"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let v: serde_json::Value = serde_json::from_str(&first).unwrap_or_else(|e| panic!("{e}: {first}"));
+    assert_eq!(v["level"], "INFO");
+    assert_eq!(v["fields"]["message"], "listening");
+}
+
+#[test]
+fn a_bad_command_line_or_config_fails_with_a_clear_message() {
+    let out = Command::new(env!("CARGO_BIN_EXE_respmesh-proxy")).args(["--config", "/nonexistent.yaml"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot read /nonexistent.yaml"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yaml");
+    std::fs::write(&path, "apiVersion: proxy.respmesh.io/v1alpha1\nkind: ProxyConfig\nlisteners: [{address: x, service: y}]\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_respmesh-proxy")).args(["--config", path.to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("listeners[0].address: \"x\" is not an IP:port address"), "{err}");
+    assert!(err.contains("listeners[0].service: no service has host \"y\""), "{err}");
+}
