@@ -1,0 +1,215 @@
+#!/usr/bin/env python3
+"""respmesh benchmark: direct Redis, twemproxy and respmesh-proxy, side by side, in one run.
+
+Usage: scripts/bench.py PROXY_BINARY [--requests N] [--runs R]
+
+Everything runs on 127.0.0.1. For every target the same redis-benchmark runs (GET and SET,
+50 clients, pipeline 1 and 16); the proxy's CPU time comes from /proc (schedstat of all its
+threads, in nanoseconds) around each run. Reported as ratios to twemproxy and to direct Redis.
+This is a benchmark, not a test: it prints a table and never fails on the numbers.
+"""
+import argparse
+import csv
+import io
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=10.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+def cpu_ns(pid):
+    """CPU time of every thread of `pid`, in ns (first field of each schedstat)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return total
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def redis_benchmark(port, test, clients, pipeline, requests):
+    out = subprocess.run(
+        ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", test, "-c", str(clients),
+         "-P", str(pipeline), "-n", str(requests), "-r", "100000", "-d", "16", "--csv"],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    rows = list(csv.DictReader(io.StringIO(out)))
+    row = rows[0]
+    return float(row["rps"]), float(row["p50_latency_ms"]), float(row["p99_latency_ms"])
+
+
+class Procs:
+    def __init__(self):
+        self.procs = []
+        self.dir = tempfile.mkdtemp(prefix="respmesh-bench-")
+
+    def start(self, args, port):
+        p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.procs.append(p)
+        wait_port(port)
+        return p
+
+    def stop(self):
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def idle_connections_rss(port, pid, count=1000):
+    """RSS of the proxy idle, and its growth per idle client connection (after one PING each)."""
+    time.sleep(0.3)
+    before = rss_kib(pid)
+    socks = []
+    for _ in range(count):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(b"PING\r\n")
+        socks.append(s)
+    for s in socks:
+        s.recv(16)
+    time.sleep(0.5)
+    after = rss_kib(pid)
+    for s in socks:
+        s.close()
+    return before, (after - before) / count
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("proxy")
+    ap.add_argument("--requests", type=int, default=300000)
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args()
+
+    procs = Procs()
+    try:
+        redis_port = free_port()
+        procs.start(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                     "--appendonly", "no", "--dir", procs.dir], redis_port)
+
+        tw_port, tw_stats = free_port(), free_port()
+        conf = os.path.join(procs.dir, "nutcracker.yml")
+        with open(conf, "w") as f:
+            f.write(f"""bench:
+  listen: 127.0.0.1:{tw_port}
+  redis: true
+  hash: fnv1a_64
+  distribution: ketama
+  auto_eject_hosts: false
+  server_connections: 1
+  servers:
+    - 127.0.0.1:{redis_port}:1
+""")
+        tw = procs.start(["nutcracker", "-c", conf, "-s", str(tw_stats), "-a", "127.0.0.1",
+                          "-o", os.path.join(procs.dir, "nutcracker.log")], tw_port)
+
+        rm_port = free_port()
+        rm = procs.start([args.proxy, "--listen", f"127.0.0.1:{rm_port}", "--upstream",
+                          f"127.0.0.1:{redis_port}", "--admin", "off", "--log-level", "warn"], rm_port)
+
+        targets = [("direct", redis_port, None), ("twemproxy", tw_port, tw.pid), ("respmesh", rm_port, rm.pid)]
+        rows = {}
+        for test in ("get", "set"):
+            for pipeline in (1, 16):
+                n = args.requests * (4 if pipeline > 1 else 1)
+                # Warm up every target once, then interleave the measured runs.
+                for name, port, _ in targets:
+                    redis_benchmark(port, test, 50, pipeline, n // 10)
+                samples = {name: [] for name, _, _ in targets}
+                for _ in range(args.runs):
+                    for name, port, pid in targets:
+                        c0 = cpu_ns(pid) if pid else 0
+                        rps, p50, p99 = redis_benchmark(port, test, 50, pipeline, n)
+                        c1 = cpu_ns(pid) if pid else 0
+                        samples[name].append((rps, p50, p99, (c1 - c0) / n / 1000.0 if pid else None))
+                for name in samples:
+                    s = samples[name]
+                    rows[(test, pipeline, name)] = (
+                        statistics.median(x[0] for x in s),
+                        statistics.median(x[1] for x in s),
+                        statistics.median(x[2] for x in s),
+                        statistics.median(x[3] for x in s) if s[0][3] is not None else None,
+                    )
+
+        # One client, no pipelining: the latency the proxy adds.
+        lat = {}
+        for name, port, _ in targets:
+            p50s = [redis_benchmark(port, "get", 1, 1, 20000)[1] for _ in range(args.runs)]
+            lat[name] = statistics.median(p50s) * 1000.0
+
+        rss_idle, per_conn = idle_connections_rss(rm_port, rm.pid)
+        tw_idle, tw_per_conn = idle_connections_rss(tw_port, tw.pid)
+    finally:
+        procs.stop()
+
+    print()
+    print(f"respmesh benchmark ({args.runs} runs each, medians; redis-benchmark -c 50 -d 16; all on 127.0.0.1, {os.cpu_count()} cores shared)")
+    print()
+    hdr = f"{'test':<5} {'P':>3} {'target':<10} {'ops/s':>11} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10} {'CPU vs tw':>9} {'ops vs tw':>9} {'ops vs direct':>13}"
+    print(hdr)
+    print("-" * len(hdr))
+    for test in ("get", "set"):
+        for pipeline in (1, 16):
+            tw_row = rows[(test, pipeline, "twemproxy")]
+            d_row = rows[(test, pipeline, "direct")]
+            for name in ("direct", "twemproxy", "respmesh"):
+                rps, p50, p99, cpu = rows[(test, pipeline, name)]
+                cpu_s = f"{cpu:10.2f}" if cpu is not None else f"{'-':>10}"
+                cpu_r = f"{cpu / tw_row[3]:8.2f}x" if cpu is not None else f"{'-':>9}"
+                print(f"{test.upper():<5} {pipeline:>3} {name:<10} {rps:>11,.0f} {p50:>7.3f} {p99:>7.3f} {cpu_s} {cpu_r} "
+                      f"{rps / tw_row[0]:8.2f}x {rps / d_row[0]:12.2f}x")
+    print()
+    print("Targets (respmesh, same run):")
+    checks = []
+    for test in ("get", "set"):
+        for pipeline, limit in ((1, 0.8), (16, 0.5)):
+            r = rows[(test, pipeline, "respmesh")][3] / rows[(test, pipeline, "twemproxy")][3]
+            checks.append((f"CPU/req vs twemproxy, {test.upper()} P{pipeline}", f"{r:.2f}x", f"<= {limit}x", r <= limit))
+            t = rows[(test, pipeline, "respmesh")][0] / rows[(test, pipeline, "twemproxy")][0]
+            checks.append((f"throughput vs twemproxy, {test.upper()} P{pipeline}", f"{t:.2f}x", ">= 1.00x", t >= 1.0))
+    added = lat["respmesh"] - lat["direct"]
+    checks.append(("added p50 latency, 1 client, P1", f"{added:.0f} us (direct {lat['direct']:.0f}, twemproxy {lat['twemproxy']:.0f}, respmesh {lat['respmesh']:.0f})", "<= 30 us", added <= 30))
+    checks.append(("RSS idle", f"{rss_idle / 1024:.1f} MiB (twemproxy {tw_idle / 1024:.1f})", "<= 10 MiB", rss_idle <= 10 * 1024))
+    checks.append(("RSS per idle client connection (1,000)", f"{per_conn:.1f} KiB (twemproxy {tw_per_conn:.1f})", "<= 16 KiB", per_conn <= 16))
+    for what, got, want, ok in checks:
+        print(f"  {what:<40} {got:<60} target {want:<9} {'met' if ok else 'NOT met'}")
+    print()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
