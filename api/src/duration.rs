@@ -43,16 +43,12 @@ impl Duration {
         let mut rest = s;
         let mut total_nanos: u128 = 0;
         while !rest.is_empty() {
-            let num_len = rest
-                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-                .ok_or_else(|| err("missing unit"))?;
+            let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(|| err("missing unit"))?;
             if num_len == 0 {
                 return Err(err("expected a number"));
             }
             let (num, after) = rest.split_at(num_len);
-            let unit_len = after
-                .find(|c: char| c.is_ascii_digit() || c == '.')
-                .unwrap_or(after.len());
+            let unit_len = after.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(after.len());
             let (unit, next) = after.split_at(unit_len);
             let unit_nanos: u128 = match unit {
                 "ns" => 1,
@@ -70,11 +66,8 @@ impl Duration {
             if frac_part.contains('.') || (int_part.is_empty() && frac_part.is_empty()) {
                 return Err(err("malformed number"));
             }
-            let int: u128 = if int_part.is_empty() {
-                0
-            } else {
-                int_part.parse().map_err(|_| err("number too large"))?
-            };
+            let int: u128 =
+                if int_part.is_empty() { 0 } else { int_part.parse().map_err(|_| err("number too large"))? };
             let mut nanos = int.checked_mul(unit_nanos).ok_or_else(|| err("too large"))?;
             let mut scale = unit_nanos;
             for digit in frac_part.bytes() {
@@ -96,11 +89,11 @@ impl fmt::Display for Duration {
             return f.write_str("0s");
         }
         let nanos = d.as_nanos();
-        if nanos % 1_000_000_000 == 0 {
+        if nanos.is_multiple_of(1_000_000_000) {
             write!(f, "{}s", d.as_secs())
-        } else if nanos % 1_000_000 == 0 {
+        } else if nanos.is_multiple_of(1_000_000) {
             write!(f, "{}ms", nanos / 1_000_000)
-        } else if nanos % 1_000 == 0 {
+        } else if nanos.is_multiple_of(1_000) {
             write!(f, "{}us", nanos / 1_000)
         } else {
             write!(f, "{nanos}ns")

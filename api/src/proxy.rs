@@ -178,8 +178,7 @@ impl ProxyConfig {
 
     /// Parses YAML (JSON is YAML too) and validates the result.
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
-        let config: ProxyConfig =
-            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let config: ProxyConfig = serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
         config.validate()?;
         Ok(config)
     }
@@ -192,10 +191,8 @@ impl ProxyConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
         if self.api_version != API_VERSION {
-            problems.push(format!(
-                "apiVersion: {:?} is not supported; this proxy reads {API_VERSION:?}",
-                self.api_version
-            ));
+            problems
+                .push(format!("apiVersion: {:?} is not supported; this proxy reads {API_VERSION:?}", self.api_version));
         }
         if self.kind != KIND {
             problems.push(format!("kind: {:?} must be {KIND:?}", self.kind));
@@ -221,13 +218,10 @@ impl ProxyConfig {
                 match addr.parse::<SocketAddr>() {
                     Ok(a) => {
                         if !addresses.insert(a) {
-                            problems.push(format!(
-                                "{at}.addresses[{j}]: {addr} belongs to another service too"
-                            ));
+                            problems.push(format!("{at}.addresses[{j}]: {addr} belongs to another service too"));
                         }
                     }
-                    Err(_) => problems
-                        .push(format!("{at}.addresses[{j}]: {addr:?} is not an IP:port address")),
+                    Err(_) => problems.push(format!("{at}.addresses[{j}]: {addr:?} is not an IP:port address")),
                 }
             }
             for (field, creds) in [("auth", &svc.auth), ("clientAuth", &svc.client_auth)] {
@@ -251,9 +245,7 @@ impl ProxyConfig {
                         problems.push(format!("{at}.address: {a} is listed twice"));
                     }
                 }
-                Err(_) => {
-                    problems.push(format!("{at}.address: {:?} is not an IP:port address", l.address))
-                }
+                Err(_) => problems.push(format!("{at}.address: {:?} is not an IP:port address", l.address)),
             }
             if !hosts.contains(l.service.as_str()) {
                 problems.push(format!("{at}.service: no service has host {:?}", l.service));
@@ -302,9 +294,7 @@ fn check_host_port(s: &str) -> Result<(), &'static str> {
 
 fn check_credentials(at: &str, c: &Credentials, problems: &mut Vec<String>) {
     match (&c.password, &c.password_file) {
-        (Some(_), Some(_)) => {
-            problems.push(format!("{at}: give password or passwordFile, not both"))
-        }
+        (Some(_), Some(_)) => problems.push(format!("{at}: give password or passwordFile, not both")),
         (None, None) => problems.push(format!("{at}: a password or passwordFile is needed")),
         (Some(p), None) if p.is_empty() => problems.push(format!("{at}.password: is empty")),
         _ => {}

@@ -85,9 +85,7 @@ impl Runtime {
                 );
             }
             let read = |c: &Option<Credentials>, what: &str| -> anyhow::Result<Option<Creds>> {
-                c.as_ref()
-                    .map(|c| read_creds(c).with_context(|| format!("service {}: {what}", svc.host)))
-                    .transpose()
+                c.as_ref().map(|c| read_creds(c).with_context(|| format!("service {}: {what}", svc.host))).transpose()
             };
             let rt = ServiceRt {
                 host: svc.host.clone(),
@@ -101,11 +99,8 @@ impl Runtime {
             };
             services.insert(svc.host.clone(), Arc::new(rt));
         }
-        let listeners = source
-            .listeners
-            .iter()
-            .map(|l| (l.address.parse().expect("validated"), l.service.clone()))
-            .collect();
+        let listeners =
+            source.listeners.iter().map(|l| (l.address.parse().expect("validated"), l.service.clone())).collect();
         let limits = Limits::from(&source.limits);
         Ok(Runtime { source, services, listeners, limits, generation })
     }

@@ -83,9 +83,12 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
 
     let main_rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     main_rt.block_on(async move {
-        let state = Arc::new(AdminState { config: config.clone(), metrics: metrics.clone(), ready: AtomicBool::new(true) });
+        let state =
+            Arc::new(AdminState { config: config.clone(), metrics: metrics.clone(), ready: AtomicBool::new(true) });
         if let Some(addr) = opts.admin {
-            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (admin)"))?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (admin)"))?;
             info!(address = %listener.local_addr()?, "admin listening");
             tokio::spawn(admin::serve(listener, state.clone()));
         }

@@ -21,8 +21,8 @@ use crate::command::{COMMANDS, CommandId};
 
 /// Upper bounds of the latency buckets, in microseconds.
 const BUCKETS_US: [u64; 16] = [
-    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
-    1_000_000, 2_500_000, 10_000_000,
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
+    10_000_000,
 ];
 const NB: usize = BUCKETS_US.len() + 1;
 
@@ -42,12 +42,7 @@ fn zeros(n: usize) -> Box<[AtomicU64]> {
 impl WorkerStats {
     fn new() -> Self {
         let n = CommandId::count();
-        WorkerStats {
-            requests: zeros(n),
-            errors: zeros(n),
-            latency_sum_us: zeros(n),
-            latency_buckets: zeros(n * NB),
-        }
+        WorkerStats { requests: zeros(n), errors: zeros(n), latency_sum_us: zeros(n), latency_buckets: zeros(n * NB) }
     }
 
     /// Counts one command answered by Redis after `elapsed`.
@@ -130,13 +125,33 @@ impl Metrics {
         let mut registry = Registry::with_prefix("respmesh_proxy");
         registry.register("client_connections", "Client connections open now", self.client_connections.clone());
         registry.register("client_connections", "Client connections accepted", self.client_connections_total.clone());
-        registry.register("protocol_errors", "Client connections closed for malformed or oversized input", self.protocol_errors.clone());
+        registry.register(
+            "protocol_errors",
+            "Client connections closed for malformed or oversized input",
+            self.protocol_errors.clone(),
+        );
         registry.register("upstream_connections", "Upstream connections open now", self.upstream_connections.clone());
-        registry.register("upstream_connect_failures", "Failed attempts to connect to an upstream", self.upstream_connect_failures.clone());
-        registry.register("upstream_auth_failures", "Upstream logins refused by Redis", self.upstream_auth_failures.clone());
-        registry.register("upstream_timeouts", "Requests that hit opTimeout (the upstream connection is then reset)", self.upstream_timeouts.clone());
+        registry.register(
+            "upstream_connect_failures",
+            "Failed attempts to connect to an upstream",
+            self.upstream_connect_failures.clone(),
+        );
+        registry.register(
+            "upstream_auth_failures",
+            "Upstream logins refused by Redis",
+            self.upstream_auth_failures.clone(),
+        );
+        registry.register(
+            "upstream_timeouts",
+            "Requests that hit opTimeout (the upstream connection is then reset)",
+            self.upstream_timeouts.clone(),
+        );
         registry.register("config_reloads", "Configuration reloads by result", self.config_reloads.clone());
-        registry.register("config_generation", "Generation of the configuration in force", self.config_generation.clone());
+        registry.register(
+            "config_generation",
+            "Generation of the configuration in force",
+            self.config_generation.clone(),
+        );
         registry.register_collector(Box::new(CommandCollector(self.clone())));
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &registry).expect("writing to a String");
@@ -162,7 +177,12 @@ impl Collector for CommandCollector {
         for &i in &used {
             ConstCounter::new(sum(&|w| w.requests[i].load(Relaxed))).encode(e.encode_family(&label(i))?)?;
         }
-        let mut e = encoder.encode_descriptor("command_errors", "Commands answered with an error, by name", None, MetricType::Counter)?;
+        let mut e = encoder.encode_descriptor(
+            "command_errors",
+            "Commands answered with an error, by name",
+            None,
+            MetricType::Counter,
+        )?;
         for &i in &used {
             ConstCounter::new(sum(&|w| w.errors[i].load(Relaxed))).encode(e.encode_family(&label(i))?)?;
         }
@@ -185,7 +205,8 @@ impl Collector for CommandCollector {
                 continue;
             }
             let total = sum(&|w| w.latency_sum_us[i].load(Relaxed)) as f64 / 1e6;
-            e.encode_family(&label(i))?.encode_histogram::<prometheus_client::encoding::NoLabelSet>(total, count, &buckets, None)?;
+            e.encode_family(&label(i))?
+                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(total, count, &buckets, None)?;
         }
         Ok(())
     }
@@ -206,8 +227,11 @@ mod tests {
         let text = m.render();
         assert!(text.contains("respmesh_proxy_commands_total{command=\"get\"} 2"), "{text}");
         assert!(text.contains("respmesh_proxy_command_errors_total{command=\"get\"} 1"), "{text}");
-        assert!(text.contains("respmesh_proxy_command_latency_seconds_bucket{le=\"0.0001\",command=\"get\"} 1")
-            || text.contains("respmesh_proxy_command_latency_seconds_bucket{command=\"get\",le=\"0.0001\"} 1"), "{text}");
+        assert!(
+            text.contains("respmesh_proxy_command_latency_seconds_bucket{le=\"0.0001\",command=\"get\"} 1")
+                || text.contains("respmesh_proxy_command_latency_seconds_bucket{command=\"get\",le=\"0.0001\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("respmesh_proxy_commands_total{command=\"auth\"} 1"), "{text}");
         assert!(!text.contains("command=\"set\""), "unused commands are not listed");
     }

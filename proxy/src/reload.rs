@@ -43,8 +43,11 @@ pub fn reload(path: &Path, shared: &config::Shared, metrics: &Metrics, generatio
         }
         Err(e) => {
             metrics.reload(false);
-            error!(error = format!("{e:#}"), kept_generation = current.generation,
-                "new configuration rejected; the previous one keeps serving");
+            error!(
+                error = format!("{e:#}"),
+                kept_generation = current.generation,
+                "new configuration rejected; the previous one keeps serving"
+            );
             false
         }
     }
@@ -52,7 +55,8 @@ pub fn reload(path: &Path, shared: &config::Shared, metrics: &Metrics, generatio
 
 fn watched_dirs(path: &Path, rt: &Runtime) -> BTreeSet<PathBuf> {
     let mut dirs = BTreeSet::new();
-    let parent = |p: &Path| p.parent().map(|d| if d.as_os_str().is_empty() { PathBuf::from(".") } else { d.to_path_buf() });
+    let parent =
+        |p: &Path| p.parent().map(|d| if d.as_os_str().is_empty() { PathBuf::from(".") } else { d.to_path_buf() });
     dirs.extend(parent(path));
     for svc in &rt.source.services {
         for creds in [&svc.auth, &svc.client_auth].into_iter().flatten() {
@@ -65,7 +69,12 @@ fn watched_dirs(path: &Path, rt: &Runtime) -> BTreeSet<PathBuf> {
 }
 
 /// Watches the configuration until the process ends.
-pub async fn watch_file(path: PathBuf, shared: Arc<config::Shared>, metrics: Arc<Metrics>, generations: watch::Sender<u64>) {
+pub async fn watch_file(
+    path: PathBuf,
+    shared: Arc<config::Shared>,
+    metrics: Arc<Metrics>,
+    generations: watch::Sender<u64>,
+) {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut watcher = match notify::recommended_watcher(move |_event| {
         let _ = tx.send(());

@@ -20,11 +20,9 @@ pub const WRONGPASS: &[u8] = b"-WRONGPASS invalid username-password pair or user
 /// Redis's reply to AUTH with too many arguments.
 pub const SYNTAX_ERROR: &[u8] = b"-ERR syntax error\r\n";
 /// Redis's reply to an invalid client name.
-pub const BAD_CLIENT_NAME: &[u8] =
-    b"-ERR Client names cannot contain spaces, newlines or special characters.\r\n";
+pub const BAD_CLIENT_NAME: &[u8] = b"-ERR Client names cannot contain spaces, newlines or special characters.\r\n";
 /// Redis's reply to `HELLO` with a protocol version that is not a number.
-pub const HELLO_BAD_PROTOVER: &[u8] =
-    b"-ERR Protocol version is not an integer or out of range\r\n";
+pub const HELLO_BAD_PROTOVER: &[u8] = b"-ERR Protocol version is not an integer or out of range\r\n";
 /// Redis's reply to `HELLO` with an unsupported protocol version.
 pub const NOPROTO: &[u8] = b"-NOPROTO unsupported protocol version\r\n";
 
@@ -60,9 +58,7 @@ pub fn upstream_auth_failed(service: &str, endpoint: &str, redis_said: &str) -> 
 
 /// No reply within the service's opTimeout.
 pub fn upstream_timeout(service: &str, endpoint: &str, timeout: respmesh_api::Duration) -> Bytes {
-    error_line(format_args!(
-        "respmesh: upstream {service} ({endpoint}) did not reply within opTimeout {timeout}"
-    ))
+    error_line(format_args!("respmesh: upstream {service} ({endpoint}) did not reply within opTimeout {timeout}"))
 }
 
 /// The client's service was removed from the configuration while it was connected.

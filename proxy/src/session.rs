@@ -349,16 +349,16 @@ impl Session {
     /// Picks the upstream for a command, pinning or releasing a dedicated connection as needed.
     /// `Err(step)` when the command must wait (or the client must go).
     fn route(&mut self, want: Want, proto: u8) -> Result<Rc<Upstream>, Step> {
-        if let Some(p) = &self.pinned {
-            if !p.is_usable() {
-                if p.lost_state() {
-                    // The client's transaction, subscriptions or database choice died with
-                    // its connection; closing is the honest answer, as Redis going away would.
-                    self.client.close_after_flush();
-                    return Err(Step::Close);
-                }
-                self.unpin();
+        if let Some(p) = &self.pinned
+            && !p.is_usable()
+        {
+            if p.lost_state() {
+                // The client's transaction, subscriptions or database choice died with
+                // its connection; closing is the honest answer, as Redis going away would.
+                self.client.close_after_flush();
+                return Err(Step::Close);
             }
+            self.unpin();
         }
         // A transient pin whose state has ended goes back to the pool.
         if want == Want::Current
@@ -367,21 +367,22 @@ impl Session {
             && !self.in_multi
             && !self.watching
             && self.client.outstanding() == 0
+            && let Some(p) = self.pinned.take()
         {
-            if let Some(p) = self.pinned.take() {
-                self.worker.give_back(p);
-            }
+            self.worker.give_back(p);
         }
         // A clean transient pin makes way for a permanent one, which is set up with the
         // client's name; inside a transaction or WATCH it is kept and upgraded in place.
-        if let (Want::Dedicated { permanent: true, .. }, Some(_)) = (want, &self.pinned) {
-            if !self.permanent && !self.in_multi && !self.watching {
-                if self.client.outstanding() > 0 {
-                    return Err(self.drain());
-                }
-                if let Some(p) = self.pinned.take() {
-                    self.worker.give_back(p);
-                }
+        if let (Want::Dedicated { permanent: true, .. }, Some(_)) = (want, &self.pinned)
+            && !self.permanent
+            && !self.in_multi
+            && !self.watching
+        {
+            if self.client.outstanding() > 0 {
+                return Err(self.drain());
+            }
+            if let Some(p) = self.pinned.take() {
+                self.worker.give_back(p);
             }
         }
         let target = match (want, &self.pinned) {
@@ -416,13 +417,13 @@ impl Session {
         if self.client.outstanding() > 0 && !self.last.as_ref().is_some_and(|l| Rc::ptr_eq(l, &target)) {
             return Err(self.drain());
         }
-        if let Want::Dedicated { raw: true, .. } = want {
-            if !target.is_raw() {
-                if self.client.outstanding() > 0 {
-                    return Err(self.drain());
-                }
-                target.set_raw(self.client.clone());
+        if let Want::Dedicated { raw: true, .. } = want
+            && !target.is_raw()
+        {
+            if self.client.outstanding() > 0 {
+                return Err(self.drain());
             }
+            target.set_raw(self.client.clone());
         }
         Ok(target)
     }
@@ -496,7 +497,7 @@ impl Session {
         let mut version = None;
         let mut next = 1;
         if argc >= 2 {
-            match std::str::from_utf8(all[1]).ok().and_then(|s| parse_redis_int(s)) {
+            match std::str::from_utf8(all[1]).ok().and_then(parse_redis_int) {
                 None => return self.reply_local(cmd, replies::HELLO_BAD_PROTOVER),
                 Some(v) if !(2..=3).contains(&v) => return self.reply_local(cmd, replies::NOPROTO),
                 Some(v) => version = Some(v as u8),

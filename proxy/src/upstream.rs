@@ -50,10 +50,16 @@ enum State {
     Connecting,
     Ready,
     /// Requests fail with `reply` until `until`; after that the next one reconnects.
-    Down { until: Instant, reply: Bytes },
+    Down {
+        until: Instant,
+        reply: Bytes,
+    },
     /// A dedicated upstream that will not come back. `was_connected`: its client may have
     /// state upstream that is now lost.
-    Dead { reply: Bytes, was_connected: bool },
+    Dead {
+        reply: Bytes,
+        was_connected: bool,
+    },
 }
 
 struct InFlight {
@@ -384,11 +390,9 @@ impl Upstream {
                 if inner.retired && inner.inflight.is_empty() && !want_write {
                     return "retired".into();
                 }
-                if !timer_armed {
-                    if let Some(head) = inner.inflight.iter().find(|f| f.timed) {
-                        timer.as_mut().reset(head.start + self.svc.borrow().op_timeout);
-                        timer_armed = true;
-                    }
+                if !timer_armed && let Some(head) = inner.inflight.iter().find(|f| f.timed) {
+                    timer.as_mut().reset(head.start + self.svc.borrow().op_timeout);
+                    timer_armed = true;
                 }
             }
             let interest = if want_write { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
@@ -447,7 +451,12 @@ impl Upstream {
     }
 
     /// Hands every complete reply in `rbuf` to its client.
-    fn dispatch(&self, rbuf: &mut BytesMut, scanner: &mut ReplyScanner, touched: &mut Vec<Rc<Client>>) -> Result<(), String> {
+    fn dispatch(
+        &self,
+        rbuf: &mut BytesMut,
+        scanner: &mut ReplyScanner,
+        touched: &mut Vec<Rc<Client>>,
+    ) -> Result<(), String> {
         let mut inner = self.inner.borrow_mut();
         if let Some(client) = &inner.raw {
             client.relay(rbuf);

@@ -29,14 +29,17 @@ use crate::upstream::{Kind, Upstream};
 /// blocking commands.
 const POOL_SIZE: usize = 4;
 
+/// Upstream connections are kept per service host and protocol version.
+type UpstreamKey = (String, u8);
+
 pub struct Worker {
     pub id: usize,
     pub config: Arc<config::Shared>,
     pub metrics: Arc<Metrics>,
     pub stats: Arc<WorkerStats>,
     pub shutdown: watch::Receiver<bool>,
-    shared: RefCell<HashMap<(String, u8), Rc<Upstream>>>,
-    pool: RefCell<HashMap<(String, u8), Vec<Rc<Upstream>>>>,
+    shared: RefCell<HashMap<UpstreamKey, Rc<Upstream>>>,
+    pool: RefCell<HashMap<UpstreamKey, Vec<Rc<Upstream>>>>,
     sessions: Cell<usize>,
     sessions_idle: Notify,
 }
@@ -56,7 +59,15 @@ impl Worker {
             info!(service = %svc.host, "service endpoints or credentials changed: opening a new upstream connection");
             up.retire();
         }
-        let up = Upstream::spawn(svc.clone(), Kind::Shared, proto, None, self.stats.clone(), self.metrics.clone(), max_depth);
+        let up = Upstream::spawn(
+            svc.clone(),
+            Kind::Shared,
+            proto,
+            None,
+            self.stats.clone(),
+            self.metrics.clone(),
+            max_depth,
+        );
         shared.insert(key, up.clone());
         up
     }

@@ -29,7 +29,12 @@ fn scenario_1_the_proxy_logs_in_for_the_client() {
 fn scenario_2_clients_have_their_own_password() {
     let redis = Redis::start_with(&["--requirepass", "testredis"]);
     let proxy = Proxy::start_args(&[
-        "--upstream", &redis.addr(), "--upstream-password", "testredis", "--client-password", "testredis123!",
+        "--upstream",
+        &redis.addr(),
+        "--upstream-password",
+        "testredis",
+        "--client-password",
+        "testredis123!",
     ]);
     let mut c = proxy.conn();
     assert_eq!(c.cmd(&["GET", "foo"]), "-NOAUTH Authentication required.\r\n");
@@ -40,7 +45,10 @@ fn scenario_2_clients_have_their_own_password() {
     assert_eq!(c.cmd(&["GET", "foo"]), "$3\r\nbar\r\n");
     // AUTH default <password> is the same login; another user is not.
     let mut d = proxy.conn();
-    assert_eq!(d.cmd(&["AUTH", "someone", "testredis123!"]), "-WRONGPASS invalid username-password pair or user is disabled.\r\n");
+    assert_eq!(
+        d.cmd(&["AUTH", "someone", "testredis123!"]),
+        "-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+    );
     assert_eq!(d.cmd(&["AUTH", "default", "testredis123!"]), "+OK\r\n");
 }
 
@@ -51,7 +59,10 @@ fn changing_the_real_password_needs_no_client_change() {
     let pw = dir.path().join("password");
     std::fs::write(&pw, "old-password").unwrap();
     let config = |pw: &str| {
-        support::config_yaml(&redis.addr(), &format!("    auth: {{passwordFile: \"{pw}\"}}\n    clientAuth: {{password: app-secret}}\n"))
+        support::config_yaml(
+            &redis.addr(),
+            &format!("    auth: {{passwordFile: \"{pw}\"}}\n    clientAuth: {{password: app-secret}}\n"),
+        )
     };
     let proxy = Proxy::start_config(&config(pw.to_str().unwrap()));
     let mut c = proxy.conn();
@@ -78,7 +89,8 @@ fn the_proxy_logs_in_as_an_acl_user() {
     let mut admin = redis.conn();
     assert_eq!(admin.cmd(&["ACL", "SETUSER", "app", "on", ">app-pw", "~*", "+@all"]), "+OK\r\n");
     assert_eq!(admin.cmd(&["ACL", "SETUSER", "default", "off"]), "+OK\r\n");
-    let proxy = Proxy::start_args(&["--upstream", &redis.addr(), "--upstream-user", "app", "--upstream-password", "app-pw"]);
+    let proxy =
+        Proxy::start_args(&["--upstream", &redis.addr(), "--upstream-user", "app", "--upstream-password", "app-pw"]);
     let mut c = proxy.conn();
     assert_eq!(c.cmd(&["SET", "k", "v"]), "+OK\r\n");
     assert_eq!(c.cmd(&["ACL", "WHOAMI"]), "$3\r\napp\r\n");
@@ -92,7 +104,11 @@ fn a_wrong_upstream_password_is_reported_not_hidden() {
     let mut c = proxy.conn();
     let reply = c.cmd(&["GET", "k"]);
     assert!(
-        reply.starts_with(&format!("-ERR respmesh: could not authenticate to upstream {} ({}): WRONGPASS", redis.addr(), redis.addr())),
+        reply.starts_with(&format!(
+            "-ERR respmesh: could not authenticate to upstream {} ({}): WRONGPASS",
+            redis.addr(),
+            redis.addr()
+        )),
         "{reply}"
     );
     assert!(proxy.wait_log("Redis refused the proxy's credentials", std::time::Duration::from_secs(2)));
@@ -104,11 +120,24 @@ fn a_wrong_upstream_password_is_reported_not_hidden() {
 fn hello_3_with_auth_logs_in_and_switches_protocol() {
     let redis = Redis::start_with(&["--requirepass", "testredis"]);
     let proxy = Proxy::start_args(&[
-        "--upstream", &redis.addr(), "--upstream-password", "testredis", "--client-password", "cpw", "--client-user", "app",
+        "--upstream",
+        &redis.addr(),
+        "--upstream-password",
+        "testredis",
+        "--client-password",
+        "cpw",
+        "--client-user",
+        "app",
     ]);
     let mut c = proxy.conn();
-    assert_eq!(c.cmd(&["HELLO", "3"]), "-NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time\r\n");
-    assert_eq!(c.cmd(&["HELLO", "3", "AUTH", "app", "bad"]), "-WRONGPASS invalid username-password pair or user is disabled.\r\n");
+    assert_eq!(
+        c.cmd(&["HELLO", "3"]),
+        "-NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time\r\n"
+    );
+    assert_eq!(
+        c.cmd(&["HELLO", "3", "AUTH", "app", "bad"]),
+        "-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+    );
     let hello = c.cmd(&["HELLO", "3", "AUTH", "app", "cpw"]);
     assert!(hello.starts_with('%'), "a RESP3 map: {hello}");
     assert!(hello.contains("proto\r\n:3\r\n"), "{hello}");

@@ -172,7 +172,15 @@ fn script() -> Vec<Step> {
         (Exact, &["EVAL", "return redis.error_reply('MYERR custom')", "0"]),
         (Exact, &["SCRIPT", "LOAD", "return 42"]),
         (Exact, &["EVALSHA", "1fa00e76656cc152ad327c13fe365858fd7be306", "0"]),
-        (Exact, &["SCRIPT", "EXISTS", "1fa00e76656cc152ad327c13fe365858fd7be306", "0000000000000000000000000000000000000000"]),
+        (
+            Exact,
+            &[
+                "SCRIPT",
+                "EXISTS",
+                "1fa00e76656cc152ad327c13fe365858fd7be306",
+                "0000000000000000000000000000000000000000",
+            ],
+        ),
         (Exact, &["FUNCTION", "LOAD", LIBRARY]),
         (Exact, &["FCALL", "myecho", "0", "echoed"]),
         (Exact, &["FUNCTION", "DELETE", "mylib"]),
@@ -227,7 +235,13 @@ fn compare(what: &str, i: usize, step: &Step, direct: &[u8], proxied: &[u8]) {
     let show = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     match cmp {
         Exact => assert_eq!(show(proxied), show(direct), "{what}: step {i} {args:?} differs"),
-        Shape => assert_eq!(proxied.first(), direct.first(), "{what}: step {i} {args:?}: {} vs {}", show(proxied), show(direct)),
+        Shape => assert_eq!(
+            proxied.first(),
+            direct.first(),
+            "{what}: step {i} {args:?}: {} vs {}",
+            show(proxied),
+            show(direct)
+        ),
         Unordered => {
             let lines = |b: &[u8]| {
                 let text = show(b);
@@ -317,7 +331,12 @@ fn inline_commands_work_as_with_redis() {
         if *line == b"\r\n" {
             continue; // an empty line gets no reply
         }
-        assert_eq!(String::from_utf8_lossy(&p.read_reply()), String::from_utf8_lossy(&d.read_reply()), "{:?}", String::from_utf8_lossy(line));
+        assert_eq!(
+            String::from_utf8_lossy(&p.read_reply()),
+            String::from_utf8_lossy(&d.read_reply()),
+            "{:?}",
+            String::from_utf8_lossy(line)
+        );
     }
 }
 

@@ -48,7 +48,8 @@ fn replies_before_the_bad_frame_are_still_delivered() {
 #[test]
 fn configured_limits_bound_bulk_array_and_inline_sizes() {
     let redis = Redis::start();
-    let yaml = config_yaml(&redis.addr(), "") + "limits:\n  maxBulkLength: 1024\n  maxArrayLength: 16\n  maxInlineLength: 64\n";
+    let yaml = config_yaml(&redis.addr(), "")
+        + "limits:\n  maxBulkLength: 1024\n  maxArrayLength: 16\n  maxInlineLength: 64\n";
     let proxy = Proxy::start_config(&yaml);
     let mut c = proxy.conn();
     assert_eq!(c.cmd(&["SET", "k", &"x".repeat(1024)]), "+OK\r\n", "at the limit is fine");
@@ -97,7 +98,10 @@ fn redis_down_gives_fast_clear_errors_then_recovers() {
     let start = Instant::now();
     let reply = c.cmd(&["GET", "k"]);
     assert!(start.elapsed() < Duration::from_millis(500), "took {:?}", start.elapsed());
-    assert_eq!(reply, format!("-ERR respmesh: upstream {addr} ({addr}) unavailable: Connection refused (os error 111)\r\n"));
+    assert_eq!(
+        reply,
+        format!("-ERR respmesh: upstream {addr} ({addr}) unavailable: Connection refused (os error 111)\r\n")
+    );
     // During the backoff further requests fail at once, without a connection attempt each.
     let start = Instant::now();
     for _ in 0..100 {
@@ -164,7 +168,12 @@ fn a_request_over_op_timeout_gets_an_error_and_others_recover() {
     let start = Instant::now();
     let reply = c.cmd(&["DEBUG", "SLEEP", "1"]);
     let took = start.elapsed();
-    assert_eq!(reply, "-ERR respmesh: upstream redis-single (".to_owned() + &redis.addr() + ") did not reply within opTimeout 300ms\r\n");
+    assert_eq!(
+        reply,
+        "-ERR respmesh: upstream redis-single (".to_owned()
+            + &redis.addr()
+            + ") did not reply within opTimeout 300ms\r\n"
+    );
     assert!(took >= Duration::from_millis(300) && took < Duration::from_millis(900), "took {took:?}");
     assert_eq!(proxy.metric("respmesh_proxy_upstream_timeouts_total{service=\"redis-single\"}"), 1.0);
     std::thread::sleep(Duration::from_millis(800));

@@ -61,7 +61,11 @@ fn many_clients_pipelining_at_once_each_get_their_own_replies() {
                 let mut c = Conn::connect(&addr);
                 let mut batch = Vec::new();
                 for i in 0..2_000 {
-                    batch.extend(Conn::encode(&[b"SET", format!("t{t}:{i}").as_bytes(), format!("v{t}:{i}").as_bytes()]));
+                    batch.extend(Conn::encode(&[
+                        b"SET",
+                        format!("t{t}:{i}").as_bytes(),
+                        format!("v{t}:{i}").as_bytes(),
+                    ]));
                     batch.extend(Conn::encode(&[b"GET", format!("t{t}:{i}").as_bytes()]));
                 }
                 c.send_raw(&batch);

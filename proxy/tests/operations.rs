@@ -83,7 +83,11 @@ fn an_invalid_new_config_is_rejected_and_the_old_one_keeps_serving() {
     assert_eq!(c.cmd(&["SET", "k", "v"]), "+OK\r\n");
     proxy.rewrite_config(&config_yaml(&redis.addr(), "    opTimeout: soon\n    bogusField: 1\n"));
     assert!(proxy.wait_log("new configuration rejected", Duration::from_secs(5)), "{}", proxy.log());
-    assert!(proxy.log().contains("unknown field `bogusField`") || proxy.log().contains("invalid duration"), "{}", proxy.log());
+    assert!(
+        proxy.log().contains("unknown field `bogusField`") || proxy.log().contains("invalid duration"),
+        "{}",
+        proxy.log()
+    );
     assert_eq!(c.cmd(&["GET", "k"]), "$1\r\nv\r\n");
     assert_eq!(proxy.conn().cmd(&["GET", "k"]), "$1\r\nv\r\n");
     assert_eq!(proxy.metric("respmesh_proxy_config_reloads_total{result=\"failure\"}"), 1.0);
@@ -160,15 +164,21 @@ fn json_logs_are_one_object_per_line() {
 
 #[test]
 fn a_bad_command_line_or_config_fails_with_a_clear_message() {
-    let out = Command::new(env!("CARGO_BIN_EXE_respmesh-proxy")).args(["--config", "/nonexistent.yaml"]).output().unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_respmesh-proxy")).args(["--config", "/nonexistent.yaml"]).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot read /nonexistent.yaml"), "{err}");
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.yaml");
-    std::fs::write(&path, "apiVersion: proxy.respmesh.io/v1alpha1\nkind: ProxyConfig\nlisteners: [{address: x, service: y}]\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_respmesh-proxy")).args(["--config", path.to_str().unwrap()]).output().unwrap();
+    std::fs::write(
+        &path,
+        "apiVersion: proxy.respmesh.io/v1alpha1\nkind: ProxyConfig\nlisteners: [{address: x, service: y}]\n",
+    )
+    .unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_respmesh-proxy")).args(["--config", path.to_str().unwrap()]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("listeners[0].address: \"x\" is not an IP:port address"), "{err}");
     assert!(err.contains("listeners[0].service: no service has host \"y\""), "{err}");

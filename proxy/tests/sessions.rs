@@ -44,7 +44,8 @@ fn many_clients_blocked_at_once_each_get_their_own_item() {
     for i in 0..10 {
         producer.cmd(&["LPUSH", "q", &i.to_string()]);
     }
-    let mut got: Vec<String> = waiters.iter_mut().map(|w| String::from_utf8_lossy(&w.read_reply()).into_owned()).collect();
+    let mut got: Vec<String> =
+        waiters.iter_mut().map(|w| String::from_utf8_lossy(&w.read_reply()).into_owned()).collect();
     got.sort();
     let mut want: Vec<String> = (0..10).map(|i| format!("*2\r\n$1\r\nq\r\n$1\r\n{i}\r\n")).collect();
     want.sort();
@@ -145,7 +146,10 @@ fn pubsub_resp2_messages_reach_subscribers() {
     let mut publisher = proxy.conn();
     assert_eq!(publisher.cmd(&["PUBLISH", "news", "hello"]), ":2\r\n");
     assert_eq!(String::from_utf8_lossy(&sub.read_reply()), "*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$5\r\nhello\r\n");
-    assert_eq!(String::from_utf8_lossy(&sub.read_reply()), "*4\r\n$8\r\npmessage\r\n$2\r\nn*\r\n$4\r\nnews\r\n$5\r\nhello\r\n");
+    assert_eq!(
+        String::from_utf8_lossy(&sub.read_reply()),
+        "*4\r\n$8\r\npmessage\r\n$2\r\nn*\r\n$4\r\nnews\r\n$5\r\nhello\r\n"
+    );
     // PING in subscribed mode answers the RESP2 subscriber way.
     sub.send(&["PING"]);
     assert_eq!(String::from_utf8_lossy(&sub.read_reply()), "*2\r\n$4\r\npong\r\n$0\r\n\r\n");
@@ -243,8 +247,17 @@ fn pipelined_mixed_local_and_forwarded_replies_stay_in_order() {
     }
     c.send_raw(&batch);
     let want = [
-        "+OK\r\n", "+OK\r\n", "+OK\r\n", ":2\r\n", "$2\r\nme\r\n", "-ERR invalid password\r\n", ":3\r\n", "+OK\r\n",
-        "+QUEUED\r\n", "*1\r\n:4\r\n", "$1\r\n4\r\n",
+        "+OK\r\n",
+        "+OK\r\n",
+        "+OK\r\n",
+        ":2\r\n",
+        "$2\r\nme\r\n",
+        "-ERR invalid password\r\n",
+        ":3\r\n",
+        "+OK\r\n",
+        "+QUEUED\r\n",
+        "*1\r\n:4\r\n",
+        "$1\r\n4\r\n",
     ];
     for w in want {
         assert_eq!(String::from_utf8_lossy(&c.read_reply()), w);

@@ -408,10 +408,7 @@ mod tests {
             let got = parser().parse(input, true).unwrap_err();
             assert_eq!(&got, want, "{:?}", String::from_utf8_lossy(input));
         }
-        assert_eq!(
-            ProtocolError::ExpectedBulk(b':').to_string(),
-            "expected '$', got ':'"
-        );
+        assert_eq!(ProtocolError::ExpectedBulk(b':').to_string(), "expected '$', got ':'");
     }
 
     #[test]
@@ -429,7 +426,10 @@ mod tests {
     #[test]
     fn unauthenticated_clients_get_redis_stricter_bounds() {
         assert_eq!(parser().parse(b"*11\r\n", false), Err(ProtocolError::UnauthenticatedArrayLength));
-        assert_eq!(parser().parse(b"*2\r\n$4\r\nAUTH\r\n$16385\r\n", false), Err(ProtocolError::UnauthenticatedBulkLength));
+        assert_eq!(
+            parser().parse(b"*2\r\n$4\r\nAUTH\r\n$16385\r\n", false),
+            Err(ProtocolError::UnauthenticatedBulkLength)
+        );
         assert!(parser().parse(b"*11\r\n", true).is_ok());
     }
 

@@ -178,9 +178,9 @@ impl Proxy {
         let deadline = Instant::now() + Duration::from_secs(10);
         while addr.is_none() || admin.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx.recv_timeout(left).unwrap_or_else(|_| {
-                panic!("proxy did not start; log:\n{}", log.lock().unwrap().join("\n"))
-            });
+            let line = rx
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("proxy did not start; log:\n{}", log.lock().unwrap().join("\n")));
             let field = |l: &str| -> Option<SocketAddr> {
                 l.split_whitespace().find_map(|t| t.strip_prefix("address=")).and_then(|a| a.parse().ok())
             };
@@ -284,7 +284,11 @@ impl Drop for Proxy {
             .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
             .filter(|l| !self.allowed_warnings.iter().any(|a| l.contains(a.as_str())))
             .collect();
-        assert!(unexpected.is_empty(), "unexpected warnings from the proxy:\n{}", unexpected.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n"));
+        assert!(
+            unexpected.is_empty(),
+            "unexpected warnings from the proxy:\n{}",
+            unexpected.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n")
+        );
     }
 }
 

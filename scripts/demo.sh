@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# The seed's scenarios 1 and 2 (authentication offload), for real: a password-protected
+# redis-server, respmesh-proxy in front of it, and redis-cli as the application.
+# Configuration changes are made the way the operator will make them: by rewriting the
+# proxy's configuration file, which the proxy reloads without dropping connections.
+set -euo pipefail
+
+PROXY=${PROXY:?set PROXY to the respmesh-proxy binary}
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+http_get() { python3 -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())' "$1" 2>/dev/null; }
+wait_port() { for _ in $(seq 100); do redis-cli -p "$1" ping >/dev/null 2>&1 && return; sleep 0.05; done; echo "port $1 did not open" >&2; exit 1; }
+say() { printf '\n\033[1m%s\033[0m\n' "$*"; }
+
+# Runs redis-cli commands on one connection and prints them as an interactive session would.
+session() {
+  local name=$1; shift
+  local cmds=("$@") out i=0
+  out=$(printf '%s\n' "$@" | redis-cli --no-raw -p "$port" 2>&1)
+  while IFS= read -r line; do
+    printf '%s:6379> %s\n%s\n' "$name" "${cmds[$i]}" "$line"
+    i=$((i+1))
+  done <<<"$out"
+}
+
+redis_port=$(free_port)
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" \
+  --requirepass testredis >/dev/null &
+pids+=($!)
+wait_port "$redis_port" 2>/dev/null || sleep 0.3
+
+port=$(free_port)
+admin=$(free_port)
+# The Secret of scenario 1, as a mounted file: "testredis\n" (the trailing newline is trimmed).
+printf 'testredis\n' >"$work/password"
+
+config() {
+  cat >"$work/config.yaml.tmp" <<YAML
+apiVersion: proxy.respmesh.io/v1alpha1
+kind: ProxyConfig
+listeners:
+  - address: "127.0.0.1:$port"
+    service: redis-single.redis.svc.cluster.local
+services:
+  - host: redis-single.redis.svc.cluster.local
+    endpoints: ["127.0.0.1:$redis_port"]
+$1
+YAML
+  mv "$work/config.yaml.tmp" "$work/config.yaml"
+}
+
+wait_generation() {
+  for _ in $(seq 100); do
+    http_get "http://127.0.0.1:$admin/config" | grep -q "\"generation\": $1" && return
+    sleep 0.05
+  done
+  echo "the proxy did not reload its configuration" >&2
+  exit 1
+}
+
+say "Setup: redis-single requires a password (requirepass testredis); respmesh-proxy listens on 127.0.0.1:$port"
+config ""
+"$PROXY" --config "$work/config.yaml" --admin "127.0.0.1:$admin" --log-level warn &
+pids+=($!)
+wait_port "$port"
+
+say "Without any respmesh resource, the application gets:"
+session redis-single "set a a"
+
+say "Scenario 1: RedisDestination with auth.secret -> the sidecar logs in for the client"
+config "    auth: {passwordFile: \"$work/password\"}"
+wait_generation 2
+session redis-single "set foo bar"
+
+say "Scenario 2: RedisService with settings.auth.plain -> clients have their own password"
+config "    auth: {passwordFile: \"$work/password\"}
+    clientAuth: {password: \"testredis123!\"}"
+wait_generation 3
+session redis-single "AUTH testredis" "AUTH testredis123!" "get foo"
+
+say "Changing the real Redis password needs no client change:"
+redis-cli -p "$redis_port" -a testredis --no-auth-warning config set requirepass n3w-pa55 >/dev/null
+printf 'n3w-pa55\n' >"$work/password.new" && mv "$work/password.new" "$work/password"
+wait_generation 4
+session redis-single "AUTH testredis123!" "get foo"
+
+say "What the proxy counted (from http://127.0.0.1:$admin/metrics):"
+http_get "http://127.0.0.1:$admin/metrics" | grep -E '^respmesh_proxy_(commands_total|command_errors_total|config_reloads_total)' || true
+echo
