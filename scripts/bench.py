@@ -58,10 +58,21 @@ def rss_kib(pid):
     return 0
 
 
+# With two or more cores: proxies on the last core, Redis and the load generator on the others,
+# so that the proxies under comparison always run alike (no migrations, same wake-up paths).
+CORES = os.cpu_count() or 1
+PROXY_CPUS = [str(CORES - 1)] if CORES >= 2 else []
+OTHER_CPUS = [",".join(str(c) for c in range(CORES - 1))] if CORES >= 2 else []
+
+
+def pinned(cpus, args):
+    return ["taskset", "-c", cpus[0]] + args if cpus else args
+
+
 def redis_benchmark(port, test, clients, pipeline, requests):
     out = subprocess.run(
-        ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", test, "-c", str(clients),
-         "-P", str(pipeline), "-n", str(requests), "-r", "100000", "-d", "16", "--csv"],
+        pinned(OTHER_CPUS, ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", test, "-c", str(clients),
+         "-P", str(pipeline), "-n", str(requests), "-r", "100000", "-d", "16", "--csv"]),
         check=True, capture_output=True, text=True,
     ).stdout
     rows = list(csv.DictReader(io.StringIO(out)))
@@ -119,8 +130,8 @@ def main():
     procs = Procs()
     try:
         redis_port = free_port()
-        procs.start(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-                     "--appendonly", "no", "--dir", procs.dir], redis_port)
+        procs.start(pinned(OTHER_CPUS, ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
+                                        "--save", "", "--appendonly", "no", "--dir", procs.dir]), redis_port)
 
         tw_port, tw_stats = free_port(), free_port()
         conf = os.path.join(procs.dir, "nutcracker.yml")
@@ -135,12 +146,12 @@ def main():
   servers:
     - 127.0.0.1:{redis_port}:1
 """)
-        tw = procs.start(["nutcracker", "-c", conf, "-s", str(tw_stats), "-a", "127.0.0.1",
-                          "-o", os.path.join(procs.dir, "nutcracker.log")], tw_port)
+        tw = procs.start(pinned(PROXY_CPUS, ["nutcracker", "-c", conf, "-s", str(tw_stats), "-a", "127.0.0.1",
+                                             "-o", os.path.join(procs.dir, "nutcracker.log")]), tw_port)
 
         rm_port = free_port()
-        rm = procs.start([args.proxy, "--listen", f"127.0.0.1:{rm_port}", "--upstream",
-                          f"127.0.0.1:{redis_port}", "--admin", "off", "--log-level", "warn"], rm_port)
+        rm = procs.start(pinned(PROXY_CPUS, [args.proxy, "--listen", f"127.0.0.1:{rm_port}", "--upstream",
+                                             f"127.0.0.1:{redis_port}", "--admin", "off", "--log-level", "warn"]), rm_port)
 
         targets = [("direct", redis_port, None), ("twemproxy", tw_port, tw.pid), ("respmesh", rm_port, rm.pid)]
         rows = {}
@@ -178,7 +189,9 @@ def main():
         procs.stop()
 
     print()
-    print(f"respmesh benchmark ({args.runs} runs each, medians; redis-benchmark -c 50 -d 16; all on 127.0.0.1, {os.cpu_count()} cores shared)")
+    layout = (f"proxies pinned to CPU {PROXY_CPUS[0]}, Redis and redis-benchmark to CPU {OTHER_CPUS[0]}"
+              if PROXY_CPUS else "one core shared")
+    print(f"respmesh benchmark ({args.runs} runs each, medians; redis-benchmark -c 50 -d 16; 127.0.0.1; {layout})")
     print()
     hdr = f"{'test':<5} {'P':>3} {'target':<10} {'ops/s':>11} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10} {'CPU vs tw':>9} {'ops vs tw':>9} {'ops vs direct':>13}"
     print(hdr)

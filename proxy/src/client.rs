@@ -11,7 +11,8 @@ use std::io;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
+
+use crate::signal::Signal;
 
 /// Output buffers larger than this are released once written, so that one large reply does not
 /// pin memory for the rest of an idle connection's life.
@@ -22,7 +23,7 @@ pub struct Client {
     out: RefCell<Out>,
     /// Wakes the session task: output needs the socket to become writable, a barrier was
     /// released, or the connection must close.
-    pub wake: Notify,
+    pub wake: Signal,
     /// The session waits for every outstanding reply before sending its next request.
     pub waiting_drain: Cell<bool>,
     /// Queued on some upstream's list of clients to flush after its current batch.
@@ -50,7 +51,7 @@ impl Client {
         Client {
             stream,
             out: RefCell::new(Out::default()),
-            wake: Notify::new(),
+            wake: Signal::new(),
             waiting_drain: Cell::new(false),
             flush_queued: Cell::new(false),
         }
@@ -84,7 +85,7 @@ impl Client {
         }
         if out.issued == out.delivered && (self.waiting_drain.get() || out.close_after_flush) {
             self.waiting_drain.set(false);
-            self.wake.notify_one();
+            self.wake.notify();
         }
     }
 
@@ -142,7 +143,7 @@ impl Client {
     pub fn flush_from_upstream(&self) {
         match self.flush() {
             Ok(true) => {}
-            Ok(false) | Err(_) => self.wake.notify_one(),
+            Ok(false) | Err(_) => self.wake.notify(),
         }
     }
 
@@ -175,7 +176,7 @@ impl Client {
     /// Close once buffered output is written (QUIT, protocol errors, a lost subscriber link).
     pub fn close_after_flush(&self) {
         self.out.borrow_mut().close_after_flush = true;
-        self.wake.notify_one();
+        self.wake.notify();
     }
 
     pub fn closing(&self) -> bool {

@@ -22,6 +22,7 @@ pub mod reload;
 pub mod replies;
 pub mod resp;
 pub mod session;
+pub mod signal;
 pub mod upstream;
 pub mod worker;
 

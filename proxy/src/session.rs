@@ -14,6 +14,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
+use tokio::time::Instant;
 use tracing::{debug, info};
 
 use crate::client::Client;
@@ -76,6 +77,8 @@ pub struct Session {
     /// The upstream holding this client's outstanding requests.
     last: Option<Rc<Upstream>>,
     scratch: BytesMut,
+    /// When the batch of commands being handled was read.
+    batch_start: Option<Instant>,
 }
 
 impl Session {
@@ -103,14 +106,14 @@ impl Session {
             watching: false,
             last: None,
             scratch: BytesMut::new(),
+            batch_start: None,
         })
     }
 
     pub async fn run(mut self) {
-        let mut shutdown = self.worker.shutdown.clone();
         let mut draining = false;
         loop {
-            if !draining && *shutdown.borrow() {
+            if !draining && self.worker.draining.get() {
                 // Shutting down: answer what was sent, then close.
                 draining = true;
                 self.eof = true;
@@ -146,8 +149,7 @@ impl Session {
                 r = self.client.stream.writable(), if want_write => {
                     if r.is_err() { break; }
                 }
-                _ = self.client.wake.notified() => {}
-                _ = shutdown.changed(), if !draining => {}
+                _ = self.client.wake.wait() => {}
             }
         }
         self.client.set_gone();
@@ -168,6 +170,7 @@ impl Session {
             return false;
         }
         self.refresh_config();
+        self.batch_start = None;
         let buf = std::mem::take(&mut self.rbuf);
         let mut off = 0;
         let mut waiting = false;
@@ -453,7 +456,9 @@ impl Session {
     }
 
     fn send(&mut self, target: &Rc<Upstream>, frame: &[u8], cmd: CommandId, timed: bool) {
-        match target.send(&self.client, frame, cmd, timed) {
+        // One clock read per batch of commands: latency is measured from when it was read.
+        let now = *self.batch_start.get_or_insert_with(Instant::now);
+        match target.send(&self.client, frame, cmd, timed, now) {
             Ok(()) => self.last = Some(target.clone()),
             Err(reply) => {
                 self.client.local(&reply);

@@ -23,7 +23,6 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::{debug, error, warn};
 
@@ -35,6 +34,7 @@ use crate::net::{Read, read_some};
 use crate::replies;
 use crate::resp::reply::{ReplyScanner, Scan, is_error, simple_text};
 use crate::resp::request::encode_command;
+use crate::signal::Signal;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
@@ -88,7 +88,7 @@ pub struct Upstream {
     /// For dedicated upstreams: the client's name, set on connect.
     client_name: Option<Bytes>,
     inner: RefCell<Inner>,
-    wake: Notify,
+    wake: Signal,
     stats: Arc<WorkerStats>,
     metrics: Arc<Metrics>,
     max_depth: Cell<u32>,
@@ -124,7 +124,7 @@ impl Upstream {
                 wake_queued: false,
                 retired: false,
             }),
-            wake: Notify::new(),
+            wake: Signal::new(),
             stats,
             metrics,
             max_depth: Cell::new(max_depth),
@@ -150,11 +150,18 @@ impl Upstream {
     /// Hands one request to this upstream. `Err` carries the error reply for the client when
     /// the upstream is known to be unavailable; the request was not sent.
     #[inline]
-    pub fn send(&self, client: &Rc<Client>, frame: &[u8], cmd: CommandId, timed: bool) -> Result<(), Bytes> {
+    pub fn send(
+        &self,
+        client: &Rc<Client>,
+        frame: &[u8],
+        cmd: CommandId,
+        timed: bool,
+        now: Instant,
+    ) -> Result<(), Bytes> {
         let mut inner = self.inner.borrow_mut();
         match &inner.state {
             State::Down { until, reply } => {
-                if Instant::now() < *until {
+                if now < *until {
                     return Err(reply.clone());
                 }
                 inner.state = State::Connecting;
@@ -164,14 +171,14 @@ impl Upstream {
         }
         inner.wbuf.extend_from_slice(frame);
         if inner.raw.is_none() {
-            inner.inflight.push_back(InFlight { client: client.clone(), cmd, start: Instant::now(), timed });
+            inner.inflight.push_back(InFlight { client: client.clone(), cmd, start: now, timed });
             client.issue();
         } else {
             self.stats.record_local(cmd, false);
         }
         if !inner.wake_queued {
             inner.wake_queued = true;
-            self.wake.notify_one();
+            self.wake.notify();
         }
         Ok(())
     }
@@ -210,7 +217,7 @@ impl Upstream {
             inner.inflight.clear();
         }
         drop(inner);
-        self.wake.notify_one();
+        self.wake.notify();
     }
 
     async fn run(self: Rc<Self>) {
@@ -275,7 +282,7 @@ impl Upstream {
                         break;
                     }
                 }
-                self.wake.notified().await;
+                self.wake.wait().await;
             }
         }
     }
@@ -426,7 +433,7 @@ impl Upstream {
                         self.flush_touched(&mut touched);
                     }
                 }
-                _ = self.wake.notified() => {}
+                _ = self.wake.wait() => {}
                 _ = &mut timer, if timer_armed => {
                     timer_armed = false;
                     let svc = self.service();

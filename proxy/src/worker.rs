@@ -6,7 +6,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -37,7 +37,11 @@ pub struct Worker {
     pub config: Arc<config::Shared>,
     pub metrics: Arc<Metrics>,
     pub stats: Arc<WorkerStats>,
-    pub shutdown: watch::Receiver<bool>,
+    /// Shutting down: sessions answer what they were sent, then close.
+    pub draining: Cell<bool>,
+    /// Open client connections, to wake them when draining starts.
+    clients: RefCell<HashMap<u64, Weak<Client>>>,
+    next_client: Cell<u64>,
     shared: RefCell<HashMap<UpstreamKey, Rc<Upstream>>>,
     pool: RefCell<HashMap<UpstreamKey, Vec<Rc<Upstream>>>>,
     sessions: Cell<usize>,
@@ -110,11 +114,16 @@ impl Worker {
         }
     }
 
-    fn session_started(&self) {
+    fn session_started(&self, client: &Rc<Client>) -> u64 {
+        let id = self.next_client.get();
+        self.next_client.set(id + 1);
+        self.clients.borrow_mut().insert(id, Rc::downgrade(client));
         self.sessions.set(self.sessions.get() + 1);
+        id
     }
 
-    fn session_ended(&self) {
+    fn session_ended(&self, id: u64) {
+        self.clients.borrow_mut().remove(&id);
         self.sessions.set(self.sessions.get() - 1);
         if self.sessions.get() == 0 {
             self.sessions_idle.notify_waiters();
@@ -169,7 +178,9 @@ async fn worker_main(setup: WorkerSetup, ready: mpsc::Sender<Result<Vec<SocketAd
         stats: metrics.worker(),
         config,
         metrics,
-        shutdown: shutdown.clone(),
+        draining: Cell::new(false),
+        clients: RefCell::new(HashMap::new()),
+        next_client: Cell::new(0),
         shared: RefCell::new(HashMap::new()),
         pool: RefCell::new(HashMap::new()),
         sessions: Cell::new(0),
@@ -198,6 +209,11 @@ async fn worker_main(setup: WorkerSetup, ready: mpsc::Sender<Result<Vec<SocketAd
     // Stop accepting, then give clients time to receive what they are owed.
     for (_, b) in bound.drain() {
         b.task.abort();
+    }
+    worker.draining.set(true);
+    let open: Vec<Rc<Client>> = worker.clients.borrow().values().filter_map(Weak::upgrade).collect();
+    for client in open {
+        client.wake.notify();
     }
     if worker.sessions.get() > 0 {
         let idle = worker.sessions_idle.notified();
@@ -270,17 +286,17 @@ async fn accept_loop(listener: TcpListener, service: Rc<RefCell<String>>, worker
         let _ = stream.set_nodelay(true);
         let host = service.borrow().clone();
         let client = Rc::new(Client::new(stream));
-        let Some(session) = Session::new(client, worker.clone(), host) else {
+        let Some(session) = Session::new(client.clone(), worker.clone(), host) else {
             continue;
         };
         worker.metrics.client_connections.inc();
         worker.metrics.client_connections_total.inc();
-        worker.session_started();
+        let id = worker.session_started(&client);
         let w = worker.clone();
         tokio::task::spawn_local(async move {
             session.run().await;
             w.metrics.client_connections.dec();
-            w.session_ended();
+            w.session_ended(id);
         });
     }
 }

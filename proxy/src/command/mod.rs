@@ -79,21 +79,38 @@ impl CommandId {
     }
 }
 
+const MAX_NAME: usize = 24;
+
+/// Commands bucketed by name length and first letter: a lookup compares one to three names.
+fn buckets() -> &'static [Vec<u16>] {
+    static BUCKETS: OnceLock<Vec<Vec<u16>>> = OnceLock::new();
+    BUCKETS.get_or_init(|| {
+        let mut b = vec![Vec::new(); (MAX_NAME + 1) * 32];
+        for (i, c) in COMMANDS.iter().enumerate() {
+            assert!(c.name.len() <= MAX_NAME, "command name {} is longer than {MAX_NAME}", c.name);
+            b[bucket(c.name.as_bytes())].push(i as u16);
+        }
+        b
+    })
+}
+
+#[inline]
+fn bucket(name: &[u8]) -> usize {
+    name.len() * 32 + (name[0].to_ascii_uppercase() & 31) as usize
+}
+
 /// Looks a command name up, ignoring case, without allocating.
 #[inline]
 pub fn lookup(name: &[u8]) -> CommandId {
-    let mut upper = [0u8; 32];
-    if name.is_empty() || name.len() > upper.len() {
+    if name.is_empty() || name.len() > MAX_NAME {
         return CommandId::UNKNOWN;
     }
-    for (u, c) in upper.iter_mut().zip(name) {
-        *u = c.to_ascii_uppercase();
+    for &i in &buckets()[bucket(name)] {
+        if COMMANDS[i as usize].name.as_bytes().eq_ignore_ascii_case(name) {
+            return CommandId(i);
+        }
     }
-    let key = &upper[..name.len()];
-    match COMMANDS.binary_search_by(|c| c.name.as_bytes().cmp(key)) {
-        Ok(i) => CommandId(i as u16),
-        Err(_) => CommandId::UNKNOWN,
-    }
+    CommandId::UNKNOWN
 }
 
 /// Commands the client session handles itself or routes specially.
