@@ -28,6 +28,8 @@ use crate::upstream::Upstream;
 use crate::worker::Worker;
 
 const READ_SPARE: usize = 4 * 1024;
+/// The write that brings a dedicated connection's replication offset up to date before WAIT.
+const WAIT_MARKER: &[u8] = b"*3\r\n$7\r\nPUBLISH\r\n$22\r\n__respmesh__:wait:sync\r\n$0\r\n\r\n";
 /// A client read buffer larger than this is released once empty.
 const KEEP_READ_CAPACITY: usize = 64 * 1024;
 /// Stop reading a client's commands while this much of its output is unsent.
@@ -329,6 +331,7 @@ impl Session {
                 self.forward(frame, cmd, Want::Dedicated { permanent: true, raw: true }, false)
             }
             Special::Blocking => self.forward(frame, cmd, Want::Dedicated { permanent: false, raw: false }, false),
+            Special::Wait => self.wait(frame, cmd),
             Special::MaybeBlocking => {
                 let blocks = args(frame)
                     .skip(1)
@@ -465,6 +468,21 @@ impl Session {
                 self.worker.stats.record_local(cmd, true);
             }
         }
+    }
+
+    /// WAIT counts replicas that acknowledged the client's last write *on this connection*.
+    /// The client's writes went through another (shared) connection, so the proxy first makes
+    /// one write on the dedicated connection: a PUBLISH to a channel nobody listens to, which
+    /// Redis replicates, so that WAIT covers everything the client wrote before it.
+    fn wait(&mut self, frame: &[u8], cmd: CommandId) -> Step {
+        let target = match self.route(Want::Dedicated { permanent: false, raw: false }, self.proto) {
+            Ok(t) => t,
+            Err(step) => return step,
+        };
+        let now = *self.batch_start.get_or_insert_with(Instant::now);
+        target.send_internal(&self.client, WAIT_MARKER, now);
+        self.send(&target, frame, cmd, false);
+        Step::Done
     }
 
     fn auth(&mut self, frame: &[u8], cmd: CommandId, argc: usize, a1: &[u8], a2: &[u8]) -> Step {

@@ -68,6 +68,8 @@ struct InFlight {
     start: Instant,
     /// Subject to opTimeout (blocking commands are not).
     timed: bool,
+    /// Sent by the proxy itself: the reply is dropped.
+    internal: bool,
 }
 
 struct Inner {
@@ -171,7 +173,7 @@ impl Upstream {
         }
         inner.wbuf.extend_from_slice(frame);
         if inner.raw.is_none() {
-            inner.inflight.push_back(InFlight { client: client.clone(), cmd, start: now, timed });
+            inner.inflight.push_back(InFlight { client: client.clone(), cmd, start: now, timed, internal: false });
             client.issue();
         } else {
             self.stats.record_local(cmd, false);
@@ -181,6 +183,18 @@ impl Upstream {
             self.wake.notify();
         }
         Ok(())
+    }
+
+    /// Sends a command of the proxy's own ahead of the client's next one; its reply is dropped.
+    /// Best effort: if the upstream is unavailable, the client's own command will say so.
+    pub fn send_internal(&self, client: &Rc<Client>, frame: &[u8], now: Instant) {
+        let mut inner = self.inner.borrow_mut();
+        if !matches!(inner.state, State::Ready | State::Connecting) || inner.raw.is_some() {
+            return;
+        }
+        inner.wbuf.extend_from_slice(frame);
+        let cmd = CommandId::UNKNOWN;
+        inner.inflight.push_back(InFlight { client: client.clone(), cmd, start: now, timed: true, internal: true });
     }
 
     /// From now on every byte from Redis goes to `client` as it comes. Called with nothing in
@@ -294,7 +308,7 @@ impl Upstream {
             inner.wbuf.clear();
             (std::mem::take(&mut inner.inflight), inner.raw.take())
         };
-        for f in &failed {
+        for f in failed.iter().filter(|f| !f.internal) {
             f.client.deliver(reply);
             self.stats.record_local(f.cmd, true);
         }
@@ -490,6 +504,13 @@ impl Upstream {
                 let _ = write!(text, "reply with no request waiting for it ({} bytes)", len);
                 return Err(text);
             };
+            if req.internal {
+                rbuf.advance(len);
+                if rbuf.is_empty() {
+                    return Ok(());
+                }
+                continue;
+            }
             let reply = &rbuf[..len];
             req.client.deliver(reply);
             let now = *now.get_or_insert_with(Instant::now);

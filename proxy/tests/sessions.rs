@@ -263,3 +263,30 @@ fn pipelined_mixed_local_and_forwarded_replies_stay_in_order() {
         assert_eq!(String::from_utf8_lossy(&c.read_reply()), w);
     }
 }
+
+#[test]
+fn wait_counts_replicas_that_have_the_clients_earlier_writes() {
+    let primary = Redis::start();
+    let replica = Redis::start_with(&[]);
+    let mut r = replica.conn();
+    assert_eq!(r.cmd(&["REPLICAOF", "127.0.0.1", &primary.port.to_string()]), "+OK\r\n");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !primary.conn().cmd(&["INFO", "replication"]).contains("state=online") {
+        assert!(Instant::now() < deadline, "the replica did not connect");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let proxy = Proxy::start_args(&["--upstream", &primary.addr()]);
+    let mut c = proxy.conn();
+    // With the replica stalled, the client's write cannot be acknowledged: WAIT must time out
+    // with 0 rather than count the replica for some older offset.
+    let mut stall = replica.conn();
+    stall.send(&["DEBUG", "SLEEP", "1"]);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(c.cmd(&["SET", "k", "2"]), "+OK\r\n");
+    let start = Instant::now();
+    assert_eq!(c.cmd(&["WAIT", "1", "300"]), ":0\r\n");
+    assert!(start.elapsed() >= Duration::from_millis(300));
+    // Once the replica is back, the same write is acknowledged.
+    let _ = stall.read_reply();
+    assert_eq!(c.cmd(&["WAIT", "1", "5000"]), ":1\r\n");
+}

@@ -136,6 +136,8 @@ pub enum Special {
     Blocking,
     /// XREAD / XREADGROUP: blocking only with the BLOCK option.
     MaybeBlocking,
+    /// WAIT / WAITAOF: block until the client's earlier writes are replicated.
+    Wait,
     /// READONLY / READWRITE: per-connection cluster read mode.
     ReadMode,
 }
@@ -161,9 +163,9 @@ fn specials() -> &'static [Special] {
                 "MONITOR" | "SYNC" | "PSYNC" => Special::Stream,
                 "XREAD" | "XREADGROUP" => Special::MaybeBlocking,
                 "READONLY" | "READWRITE" => Special::ReadMode,
-                _ if c.flags & flags::BLOCKING != 0 => Special::Blocking,
                 // WAIT and WAITAOF block without carrying the flag.
-                "WAIT" | "WAITAOF" => Special::Blocking,
+                "WAIT" | "WAITAOF" => Special::Wait,
+                _ if c.flags & flags::BLOCKING != 0 => Special::Blocking,
                 _ => Special::None,
             })
             .collect()
@@ -196,7 +198,7 @@ mod tests {
             ("blpop", Special::Blocking),
             ("BZPOPMIN", Special::Blocking),
             ("blmove", Special::Blocking),
-            ("wait", Special::Blocking),
+            ("wait", Special::Wait),
             ("xread", Special::MaybeBlocking),
             ("subscribe", Special::Subscribe),
             ("ssubscribe", Special::Subscribe),
