@@ -1,9 +1,11 @@
 //! The client side of a connection as upstreams see it: where replies go, in request order.
 //!
-//! Requests of one client may be answered by an upstream (in order, per connection) or by the
-//! proxy itself (AUTH, errors). A local answer given while upstream replies are outstanding is
-//! held back until they have arrived, so the client always sees replies in the order of its
-//! requests. Upstream tasks append replies here and write them to the socket once per batch.
+//! Every request gets a sequence number when it is issued. Its reply may come from an upstream
+//! or from the proxy itself, and replies from different upstreams may arrive in any order; each
+//! is written to the client only once every earlier one has been. The common case, a reply that
+//! is next in line, is appended straight to the output buffer; only a reply that overtakes an
+//! earlier one is parked (copied) until its turn. Upstream tasks append replies here and write
+//! them to the socket once per batch.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -30,20 +32,50 @@ pub struct Client {
     pub flush_queued: Cell<bool>,
 }
 
+/// A request's place in its client's reply order.
+pub type Seq = u64;
+
 #[derive(Default)]
 struct Out {
     buf: BytesMut,
-    /// Requests handed to upstreams, and replies received for them.
-    issued: u64,
-    delivered: u64,
-    /// Local replies to emit once `delivered` reaches the position they were given.
-    deferred: VecDeque<(u64, Bytes)>,
+    /// Sequence number of the next request to issue, and of the oldest reply not yet written.
+    next: Seq,
+    head: Seq,
+    /// Replies waiting for earlier ones: `parked[i]` belongs to `head + i`. Empty while replies
+    /// arrive in order.
+    parked: VecDeque<Option<Bytes>>,
     /// The client is gone: replies are dropped.
     gone: bool,
     /// The connection must close once what is buffered has been written.
     close_after_flush: bool,
     /// A write would have blocked; the session waits for writability.
     blocked: bool,
+}
+
+impl Out {
+    fn put(&mut self, seq: Seq, reply: &[u8]) {
+        debug_assert!(seq >= self.head && seq < self.next, "reply for an unknown request");
+        let i = (seq - self.head) as usize;
+        if i > 0 {
+            if self.parked.len() <= i {
+                self.parked.resize(i + 1, None);
+            }
+            self.parked[i] = Some(Bytes::copy_from_slice(reply));
+            return;
+        }
+        if !self.gone {
+            self.buf.extend_from_slice(reply);
+        }
+        self.head += 1;
+        self.parked.pop_front();
+        while let Some(Some(_)) = self.parked.front() {
+            let r = self.parked.pop_front().flatten().expect("checked");
+            if !self.gone {
+                self.buf.extend_from_slice(&r);
+            }
+            self.head += 1;
+        }
+    }
 }
 
 impl Client {
@@ -57,33 +89,27 @@ impl Client {
         }
     }
 
-    /// Records that one request was handed to an upstream; a reply (or error) will follow.
+    /// Gives the next request its place in the reply order; exactly one reply must follow.
     #[inline]
-    pub fn issue(&self) {
-        self.out.borrow_mut().issued += 1;
+    pub fn issue(&self) -> Seq {
+        let mut out = self.out.borrow_mut();
+        out.next += 1;
+        out.next - 1
     }
 
-    /// Requests handed upstream and not answered yet.
+    /// Requests issued and not answered yet.
     #[inline]
     pub fn outstanding(&self) -> u64 {
         let out = self.out.borrow();
-        out.issued - out.delivered
+        out.next - out.head
     }
 
-    /// The reply to the oldest outstanding request.
+    /// The reply to request `seq`.
     #[inline]
-    pub fn deliver(&self, reply: &[u8]) {
+    pub fn deliver(&self, seq: Seq, reply: &[u8]) {
         let mut out = self.out.borrow_mut();
-        out.delivered += 1;
-        if !out.gone {
-            out.buf.extend_from_slice(reply);
-            let delivered = out.delivered;
-            while out.deferred.front().is_some_and(|(at, _)| *at <= delivered) {
-                let (_, r) = out.deferred.pop_front().expect("checked");
-                out.buf.extend_from_slice(&r);
-            }
-        }
-        if out.issued == out.delivered && (self.waiting_drain.get() || out.close_after_flush) {
+        out.put(seq, reply);
+        if out.next == out.head && (self.waiting_drain.get() || out.close_after_flush) {
             self.waiting_drain.set(false);
             self.wake.notify();
         }
@@ -99,16 +125,8 @@ impl Client {
 
     /// A reply made by the proxy, placed after every reply still outstanding.
     pub fn local(&self, reply: &[u8]) {
-        let mut out = self.out.borrow_mut();
-        if out.gone {
-            return;
-        }
-        if out.issued == out.delivered {
-            out.buf.extend_from_slice(reply);
-        } else {
-            let at = out.issued;
-            out.deferred.push_back((at, Bytes::copy_from_slice(reply)));
-        }
+        let seq = self.issue();
+        self.deliver(seq, reply);
     }
 
     /// Writes buffered output. Returns `Ok(false)` when the socket is full (the session will
@@ -153,7 +171,7 @@ impl Client {
 
     pub fn has_output(&self) -> bool {
         let out = self.out.borrow();
-        !out.gone && (!out.buf.is_empty() || !out.deferred.is_empty())
+        !out.gone && (!out.buf.is_empty() || !out.parked.is_empty())
     }
 
     /// Bytes written to this client's buffer and not yet sent.
@@ -166,7 +184,7 @@ impl Client {
         let mut out = self.out.borrow_mut();
         out.gone = true;
         out.buf = BytesMut::new();
-        out.deferred.clear();
+        out.parked.clear();
     }
 
     pub fn is_gone(&self) -> bool {
@@ -181,5 +199,49 @@ impl Client {
 
     pub fn closing(&self) -> bool {
         self.out.borrow().close_after_flush
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn out_with(n: u64) -> Out {
+        Out { next: n, ..Default::default() }
+    }
+
+    #[test]
+    fn in_order_replies_go_straight_to_the_buffer() {
+        let mut out = out_with(3);
+        out.put(0, b"a");
+        out.put(1, b"b");
+        assert_eq!(&out.buf[..], b"ab");
+        assert!(out.parked.is_empty());
+        out.put(2, b"c");
+        assert_eq!((out.head, &out.buf[..]), (3, &b"abc"[..]));
+    }
+
+    #[test]
+    fn a_reply_that_overtakes_waits_for_its_turn() {
+        let mut out = out_with(4);
+        out.put(2, b"c");
+        out.put(1, b"b");
+        assert_eq!(&out.buf[..], b"", "nothing before the first reply");
+        out.put(0, b"a");
+        assert_eq!(&out.buf[..], b"abc");
+        assert_eq!(out.head, 3);
+        out.put(3, b"d");
+        assert_eq!(&out.buf[..], b"abcd");
+        assert!(out.parked.is_empty());
+    }
+
+    #[test]
+    fn replies_to_a_departed_client_are_dropped_but_counted() {
+        let mut out = out_with(2);
+        out.gone = true;
+        out.put(1, b"b");
+        out.put(0, b"a");
+        assert!(out.buf.is_empty());
+        assert_eq!(out.head, 2);
     }
 }

@@ -64,6 +64,11 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     if opts.workers > 1 && rt.listeners.iter().any(|(a, _)| a.port() == 0) {
         anyhow::bail!("a listener on port 0 needs --workers 1 (each worker would get its own port)");
     }
+    // Watch before serving: a change made once the proxy says it listens is never missed.
+    let file_watch = match &opts.source {
+        Source::File(path) => Some(reload::FileWatch::new(path.clone(), &rt)),
+        Source::Fixed(_) => None,
+    };
     let config = config::Shared::new(rt);
     let metrics = Metrics::new();
     metrics.config_generation.set(1);
@@ -93,8 +98,8 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             info!(address = %listener.local_addr()?, "admin listening");
             tokio::spawn(admin::serve(listener, state.clone()));
         }
-        if let Source::File(path) = &opts.source {
-            tokio::spawn(reload::watch_file(path.clone(), config.clone(), metrics.clone(), gen_tx));
+        if let Some(fw) = file_watch {
+            tokio::spawn(reload::watch_file(fw, config.clone(), metrics.clone(), gen_tx));
         }
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {

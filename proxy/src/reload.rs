@@ -68,49 +68,74 @@ fn watched_dirs(path: &Path, rt: &Runtime) -> BTreeSet<PathBuf> {
     dirs
 }
 
-/// Watches the configuration until the process ends.
-pub async fn watch_file(
+/// Watches the configuration file and the credential files it names.
+pub struct FileWatch {
     path: PathBuf,
-    shared: Arc<config::Shared>,
-    metrics: Arc<Metrics>,
-    generations: watch::Sender<u64>,
-) {
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let mut watcher = match notify::recommended_watcher(move |_event| {
-        let _ = tx.send(());
-    }) {
-        Ok(w) => w,
-        Err(e) => {
-            warn!(error = %e, "cannot watch the configuration file; reload with SIGHUP");
-            return;
-        }
-    };
-    let mut watching = BTreeSet::new();
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    loop {
-        let want = watched_dirs(&path, &shared.load());
-        for dir in want.difference(&watching) {
+    watcher: Option<notify::RecommendedWatcher>,
+    events: mpsc::UnboundedReceiver<()>,
+    watching: BTreeSet<PathBuf>,
+}
+
+impl FileWatch {
+    /// Starts watching at once, so that no change made after this call is missed.
+    pub fn new(path: PathBuf, current: &Runtime) -> FileWatch {
+        let (tx, events) = mpsc::unbounded_channel();
+        let watcher = match notify::recommended_watcher(move |_event| {
+            let _ = tx.send(());
+        }) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                warn!(error = %e, "cannot watch the configuration file; reload with SIGHUP");
+                None
+            }
+        };
+        let mut w = FileWatch { path, watcher, events, watching: BTreeSet::new() };
+        w.update(current);
+        w
+    }
+
+    fn update(&mut self, current: &Runtime) {
+        let Some(watcher) = self.watcher.as_mut() else { return };
+        let want = watched_dirs(&self.path, current);
+        for dir in want.difference(&self.watching) {
             if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
                 warn!(dir = %dir.display(), error = %e, "cannot watch a configuration directory");
             }
         }
-        for dir in watching.difference(&want) {
+        for dir in self.watching.difference(&want) {
             let _ = watcher.unwatch(dir);
         }
-        watching = want;
+        self.watching = want;
+    }
+}
+
+/// Applies changes to the watched files until the process ends.
+pub async fn watch_file(
+    mut fw: FileWatch,
+    shared: Arc<config::Shared>,
+    metrics: Arc<Metrics>,
+    generations: watch::Sender<u64>,
+) {
+    let path = fw.path.clone();
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    // A change between the first load and the start of the watch is picked up here.
+    reload(&path, &shared, &metrics, &generations);
+    loop {
         tokio::select! {
-            got = rx.recv() => {
+            got = fw.events.recv() => {
                 if got.is_none() {
                     return;
                 }
                 // Editors and the kubelet make several changes in a row: settle first.
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                while rx.try_recv().is_ok() {}
+                while fw.events.try_recv().is_ok() {}
             }
             _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending().await } } => {
                 info!("SIGHUP: reloading the configuration");
             }
         }
         reload(&path, &shared, &metrics, &generations);
+        let current = shared.load();
+        fw.update(&current);
     }
 }

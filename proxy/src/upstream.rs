@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, error, warn};
 
-use crate::client::Client;
+use crate::client::{Client, Seq};
 use crate::command::CommandId;
 use crate::config::ServiceRt;
 use crate::metrics::{Metrics, WorkerStats};
@@ -64,6 +64,7 @@ enum State {
 
 struct InFlight {
     client: Rc<Client>,
+    seq: Seq,
     cmd: CommandId,
     start: Instant,
     /// Subject to opTimeout (blocking commands are not).
@@ -173,8 +174,8 @@ impl Upstream {
         }
         inner.wbuf.extend_from_slice(frame);
         if inner.raw.is_none() {
-            inner.inflight.push_back(InFlight { client: client.clone(), cmd, start: now, timed, internal: false });
-            client.issue();
+            let seq = client.issue();
+            inner.inflight.push_back(InFlight { client: client.clone(), seq, cmd, start: now, timed, internal: false });
         } else {
             self.stats.record_local(cmd, false);
         }
@@ -194,7 +195,14 @@ impl Upstream {
         }
         inner.wbuf.extend_from_slice(frame);
         let cmd = CommandId::UNKNOWN;
-        inner.inflight.push_back(InFlight { client: client.clone(), cmd, start: now, timed: true, internal: true });
+        inner.inflight.push_back(InFlight {
+            client: client.clone(),
+            seq: 0,
+            cmd,
+            start: now,
+            timed: true,
+            internal: true,
+        });
     }
 
     /// From now on every byte from Redis goes to `client` as it comes. Called with nothing in
@@ -309,7 +317,7 @@ impl Upstream {
             (std::mem::take(&mut inner.inflight), inner.raw.take())
         };
         for f in failed.iter().filter(|f| !f.internal) {
-            f.client.deliver(reply);
+            f.client.deliver(f.seq, reply);
             self.stats.record_local(f.cmd, true);
         }
         for f in &failed {
@@ -512,7 +520,7 @@ impl Upstream {
                 continue;
             }
             let reply = &rbuf[..len];
-            req.client.deliver(reply);
+            req.client.deliver(req.seq, reply);
             let now = *now.get_or_insert_with(Instant::now);
             self.stats.record(req.cmd, is_error(reply), now.saturating_duration_since(req.start));
             if !req.client.flush_queued.replace(true) {

@@ -397,3 +397,106 @@ services:
 {extra_service_fields}"#
     )
 }
+
+/// A port `p` such that `p` and its cluster bus port `p + 10000` are both free.
+pub fn free_cluster_port() -> u16 {
+    loop {
+        let p = free_port();
+        if p < 55000 && TcpListener::bind(("127.0.0.1", p + 10000)).is_ok() {
+            return p;
+        }
+    }
+}
+
+/// A Redis Cluster of real redis-server processes: 3 primaries and 3 replicas by default,
+/// slots 0-5460, 5461-10922, 10923-16383 as `redis-cli --cluster create` assigns them.
+pub struct Cluster {
+    pub nodes: Vec<Redis>,
+}
+
+impl Cluster {
+    pub fn start() -> Cluster {
+        Cluster::start_with(6, 1)
+    }
+
+    pub fn start_with(count: usize, replicas: usize) -> Cluster {
+        let mut nodes = Vec::new();
+        for _ in 0..count {
+            let port = free_cluster_port();
+            let mut r = Redis {
+                port,
+                child: None,
+                dir: tempfile::tempdir().unwrap(),
+                args: [
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-node-timeout",
+                    "1000",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            };
+            assert!(r.spawn(), "cluster node on {port} did not start");
+            nodes.push(r);
+        }
+        let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
+        args.extend(nodes.iter().map(|n| n.addr()));
+        args.extend(["--cluster-replicas".into(), replicas.to_string(), "--cluster-yes".into()]);
+        let out = Command::new(require_tool("redis-cli")).args(&args).output().expect("redis-cli --cluster create");
+        assert!(out.status.success(), "cluster create failed: {}", String::from_utf8_lossy(&out.stdout));
+        let c = Cluster { nodes };
+        c.wait_ok(Duration::from_secs(20));
+        c
+    }
+
+    /// Waits until every running node reports `cluster_state:ok` and agrees on the slots.
+    pub fn wait_ok(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let ok = self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
+                let info = n.conn().cmd(&["CLUSTER", "INFO"]);
+                info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384")
+            });
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "cluster not ok in time");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn addrs(&self) -> Vec<String> {
+        self.nodes.iter().map(Redis::addr).collect()
+    }
+
+    /// The node serving `slot` as primary.
+    pub fn primary_for(&self, slot: u16) -> &Redis {
+        let port = self.slot_owner_port(slot);
+        self.nodes.iter().find(|n| n.port == port).unwrap()
+    }
+
+    fn slot_owner_port(&self, slot: u16) -> u16 {
+        let mut c = self.nodes.iter().find(|n| n.child.is_some()).unwrap().conn();
+        let reply = c.cmd(&["CLUSTER", "NODES"]);
+        for line in reply.lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
+                continue;
+            }
+            let port: u16 = fields[1].split(['@', ':']).nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+            for range in &fields[8..] {
+                let (a, b) = match range.split_once('-') {
+                    Some((a, b)) => (a.parse().unwrap_or(u16::MAX), b.parse().unwrap_or(0)),
+                    None => (range.parse().unwrap_or(u16::MAX), range.parse().unwrap_or(0)),
+                };
+                if (a..=b).contains(&slot) {
+                    return port;
+                }
+            }
+        }
+        panic!("no primary serves slot {slot}");
+    }
+}
