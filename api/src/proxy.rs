@@ -78,6 +78,31 @@ pub struct Service {
     /// How long connecting (and logging in) to an endpoint may take.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Duration,
+    /// CLUSTER mode settings.
+    #[serde(default)]
+    pub cluster: ClusterSettings,
+}
+
+/// How the proxy follows a Redis Cluster's topology.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClusterSettings {
+    /// Nodes asked for the topology at first (`host:port`); the service's endpoints if empty.
+    #[serde(default)]
+    pub discovery_endpoints: Vec<String>,
+    /// How often the topology is refreshed (it is also refreshed at once after a MOVED).
+    #[serde(default = "default_refresh_interval")]
+    pub refresh_interval: Duration,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings { discovery_endpoints: Vec::new(), refresh_interval: default_refresh_interval() }
+    }
+}
+
+fn default_refresh_interval() -> Duration {
+    Duration::from_secs(5)
 }
 
 /// A username (optional) and a password, each given inline or read from a file.
@@ -206,8 +231,16 @@ impl ProxyConfig {
             } else if !hosts.insert(svc.host.as_str()) {
                 problems.push(format!("{at}.host: {:?} is listed twice", svc.host));
             }
-            if svc.endpoints.is_empty() {
+            if svc.endpoints.is_empty() && svc.cluster.discovery_endpoints.is_empty() {
                 problems.push(format!("{at}.endpoints: at least one endpoint is needed"));
+            }
+            for (j, ep) in svc.cluster.discovery_endpoints.iter().enumerate() {
+                if let Err(why) = check_host_port(ep) {
+                    problems.push(format!("{at}.cluster.discoveryEndpoints[{j}]: {ep:?} {why}"));
+                }
+            }
+            if svc.cluster.refresh_interval.get() < std::time::Duration::from_millis(100) {
+                problems.push(format!("{at}.cluster.refreshInterval: must be at least 100ms"));
             }
             for (j, ep) in svc.endpoints.iter().enumerate() {
                 if let Err(why) = check_host_port(ep) {

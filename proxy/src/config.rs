@@ -37,7 +37,9 @@ pub struct Creds {
 pub struct ServiceRt {
     pub host: String,
     pub mode: Mode,
+    /// PROXY: the Redis to use. CLUSTER: the nodes asked for the topology at first.
     pub endpoints: Vec<String>,
+    pub refresh_interval: Duration,
     pub auth: Option<Creds>,
     pub client_auth: Option<Creds>,
     pub op_timeout: Duration,
@@ -72,13 +74,7 @@ impl Runtime {
         source.validate()?;
         let mut services = HashMap::new();
         for svc in &source.services {
-            if svc.mode == Mode::Cluster {
-                bail!(
-                    "service {}: mode CLUSTER is not available in this build of respmesh-proxy yet; use PROXY",
-                    svc.host
-                );
-            }
-            if svc.endpoints.len() > 1 {
+            if svc.mode == Mode::Proxy && svc.endpoints.len() > 1 {
                 bail!(
                     "service {}: several endpoints in PROXY mode (key sharding) are not available in this build yet; list one endpoint",
                     svc.host
@@ -87,10 +83,16 @@ impl Runtime {
             let read = |c: &Option<Credentials>, what: &str| -> anyhow::Result<Option<Creds>> {
                 c.as_ref().map(|c| read_creds(c).with_context(|| format!("service {}: {what}", svc.host))).transpose()
             };
+            let endpoints = if svc.mode == Mode::Cluster && !svc.cluster.discovery_endpoints.is_empty() {
+                svc.cluster.discovery_endpoints.clone()
+            } else {
+                svc.endpoints.clone()
+            };
             let rt = ServiceRt {
                 host: svc.host.clone(),
                 mode: svc.mode,
-                endpoints: svc.endpoints.clone(),
+                endpoints,
+                refresh_interval: svc.cluster.refresh_interval.get(),
                 auth: read(&svc.auth, "auth")?,
                 client_auth: read(&svc.client_auth, "clientAuth")?,
                 op_timeout: svc.op_timeout.get(),
@@ -193,6 +195,7 @@ mod tests {
             client_auth: None,
             op_timeout: respmesh_api::Duration::from_secs(1),
             connect_timeout: respmesh_api::Duration::from_secs(1),
+            cluster: Default::default(),
         });
         let err = format!("{:#}", Runtime::build(cfg, 1).unwrap_err());
         assert!(err.contains("service svc: auth: cannot read /nonexistent/pw"), "{err}");

@@ -14,6 +14,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod cluster;
 pub mod command;
 pub mod config;
 pub mod metrics;
@@ -22,6 +23,7 @@ pub mod reload;
 pub mod replies;
 pub mod resp;
 pub mod session;
+mod session_cluster;
 pub mod signal;
 pub mod upstream;
 pub mod worker;

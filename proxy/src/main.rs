@@ -11,7 +11,7 @@ use respmesh_proxy::{Options, Source};
 /// A transparent, multiplexing Redis (RESP) proxy: authentication offload, client passwords,
 /// connection sharing. Run it with a configuration file, or with flags for one upstream.
 #[derive(Parser, Debug)]
-#[command(version, group(ArgGroup::new("mode").required(true).args(["config", "upstream"])))]
+#[command(version, group(ArgGroup::new("source").required(true).args(["config", "upstream"])))]
 struct Args {
     /// Configuration file (YAML, schema proxy.respmesh.io/v1alpha1; see docs/config.md).
     #[arg(long, env = "RESPMESH_CONFIG", conflicts_with_all = ["listen", "upstream"])]
@@ -37,6 +37,9 @@ struct Args {
     /// Username clients must give with AUTH (with --client-password).
     #[arg(long, requires = "client_password")]
     client_user: Option<String>,
+    /// What the upstream is: one Redis, or a node of a Redis Cluster (with --upstream).
+    #[arg(long, value_enum, default_value_t = ModeArg::Proxy)]
+    mode: ModeArg,
     /// Admin endpoint (/metrics, /ready, /live, /config); "off" to disable.
     #[arg(long, default_value = "127.0.0.1:15380")]
     admin: String,
@@ -51,6 +54,21 @@ struct Args {
     /// Log filter, e.g. info or respmesh_proxy=debug.
     #[arg(long, default_value = "info", env = "RESPMESH_LOG")]
     log_level: String,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ModeArg {
+    Proxy,
+    Cluster,
+}
+
+impl From<ModeArg> for respmesh_api::proxy::Mode {
+    fn from(m: ModeArg) -> Self {
+        match m {
+            ModeArg::Proxy => respmesh_api::proxy::Mode::Proxy,
+            ModeArg::Cluster => respmesh_api::proxy::Mode::Cluster,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -102,11 +120,12 @@ fn one_liner(args: &Args, upstream: &str) -> ProxyConfig {
         host: upstream.to_owned(),
         addresses: vec![],
         endpoints: vec![upstream.to_owned()],
-        mode: Default::default(),
+        mode: args.mode.into(),
         auth,
         client_auth,
         op_timeout: respmesh_api::Duration::from_secs(5),
         connect_timeout: respmesh_api::Duration::from_secs(1),
+        cluster: Default::default(),
     });
     cfg.listeners.push(Listener { address: args.listen.to_string(), service: upstream.to_owned() });
     cfg

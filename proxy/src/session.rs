@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use tracing::{debug, info};
 
 use crate::client::Client;
+use crate::cluster::ClusterRouter;
 use crate::command::{CommandId, Special, lookup};
 use crate::config::{Creds, ServiceRt};
 use crate::net::{Read, read_some};
@@ -26,6 +27,7 @@ use crate::resp::request::{Parsed, RequestParser, Spans, args, encode_command};
 use crate::resp::{Limits, ProtocolError};
 use crate::upstream::Upstream;
 use crate::worker::Worker;
+use respmesh_api::proxy::Mode;
 
 const READ_SPARE: usize = 4 * 1024;
 /// The write that brings a dedicated connection's replication offset up to date before WAIT.
@@ -36,7 +38,7 @@ const KEEP_READ_CAPACITY: usize = 64 * 1024;
 const MAX_UNSENT_OUTPUT: usize = 256 * 1024 * 1024;
 
 /// What the session does with one command.
-enum Step {
+pub(crate) enum Step {
     /// Handled; go on with the next command.
     Done,
     /// Wait until every outstanding reply has arrived, then handle this command again.
@@ -56,19 +58,19 @@ enum Want {
 }
 
 pub struct Session {
-    client: Rc<Client>,
-    worker: Rc<Worker>,
+    pub(crate) client: Rc<Client>,
+    pub(crate) worker: Rc<Worker>,
     host: String,
-    svc: Arc<ServiceRt>,
+    pub(crate) svc: Arc<ServiceRt>,
     /// The service was removed from the configuration.
     service_gone: bool,
     generation: u64,
-    limits: Limits,
+    pub(crate) limits: Limits,
     parser: RequestParser,
     rbuf: BytesMut,
     eof: bool,
     authenticated: bool,
-    proto: u8,
+    pub(crate) proto: u8,
     name: Option<Bytes>,
     /// The shared upstream for `proto`, cached.
     shared: Option<Rc<Upstream>>,
@@ -78,9 +80,11 @@ pub struct Session {
     watching: bool,
     /// The upstream holding this client's outstanding requests.
     last: Option<Rc<Upstream>>,
+    /// CLUSTER mode: the worker's router for this service, cached.
+    pub(crate) router: Option<Rc<ClusterRouter>>,
     scratch: BytesMut,
     /// When the batch of commands being handled was read.
-    batch_start: Option<Instant>,
+    pub(crate) batch_start: Option<Instant>,
 }
 
 impl Session {
@@ -107,6 +111,7 @@ impl Session {
             in_multi: false,
             watching: false,
             last: None,
+            router: None,
             scratch: BytesMut::new(),
             batch_start: None,
         })
@@ -259,6 +264,7 @@ impl Session {
         self.limits = rt.limits;
         self.parser.set_limits(rt.limits);
         self.shared = None;
+        self.router = None;
         match rt.services.get(&self.host) {
             Some(svc) => {
                 self.svc = svc.clone();
@@ -278,6 +284,11 @@ impl Session {
         let special = cmd.special();
         if !self.authenticated && !matches!(special, Special::Auth | Special::Hello | Special::Quit) {
             return self.reply_local(cmd, replies::NOAUTH);
+        }
+        if self.svc.mode == Mode::Cluster
+            && let Some(step) = self.cluster_command(frame, argc, spans, cmd, special)
+        {
+            return step;
         }
         match special {
             Special::None | Special::ReadMode => self.forward(frame, cmd, Want::Current, true),
@@ -346,7 +357,7 @@ impl Session {
         }
     }
 
-    fn reply_local(&mut self, cmd: CommandId, reply: &[u8]) -> Step {
+    pub(crate) fn reply_local(&mut self, cmd: CommandId, reply: &[u8]) -> Step {
         self.client.local(reply);
         self.worker.stats.record_local(cmd, crate::resp::reply::is_error(reply));
         Step::Done
@@ -506,6 +517,11 @@ impl Session {
         if self.svc.auth.as_ref().is_some_and(|up| creds_match(up, user, pass)) {
             // The client logs in as the proxy already does: nothing changes upstream.
             return self.reply_local(cmd, replies::OK);
+        }
+        if self.svc.mode == Mode::Cluster {
+            // Every node connection is the proxy's own: a login of the client's cannot be
+            // carried to them.
+            return self.reply_local(cmd, replies::WRONGPASS);
         }
         // Not the proxy's to judge: let Redis decide, on the client's own connection.
         self.forward(frame, cmd, Want::Dedicated { permanent: true, raw: false }, true)

@@ -16,7 +16,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::io;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +27,8 @@ use tokio::time::Instant;
 use tracing::{debug, error, warn};
 
 use crate::client::{Client, Seq};
+use crate::cluster::ClusterRouter;
+use crate::cluster::merge::Merge;
 use crate::command::CommandId;
 use crate::config::ServiceRt;
 use crate::metrics::{Metrics, WorkerStats};
@@ -37,6 +39,34 @@ use crate::resp::request::encode_command;
 use crate::signal::Signal;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
+/// MOVED/ASK replies followed for one request before its client gets the error.
+const MAX_REDIRECTS: u8 = 5;
+
+/// A cluster redirection: `-MOVED <slot> <host:port>` or `-ASK <slot> <host:port>`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Redirect {
+    pub ask: bool,
+    pub slot: u16,
+    pub addr: String,
+}
+
+impl Redirect {
+    pub fn parse(reply: &[u8]) -> Option<Redirect> {
+        let text = std::str::from_utf8(simple_text(reply)).ok()?;
+        let mut parts = text.split(' ');
+        let ask = match parts.next()? {
+            "MOVED" => false,
+            "ASK" => true,
+            _ => return None,
+        };
+        let slot = parts.next()?.parse().ok()?;
+        let addr = parts.next()?.to_owned();
+        if parts.next().is_some() || !addr.contains(':') {
+            return None;
+        }
+        Some(Redirect { ask, slot, addr })
+    }
+}
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 const READ_SPARE: usize = 16 * 1024;
 
@@ -62,15 +92,34 @@ enum State {
     },
 }
 
-struct InFlight {
-    client: Rc<Client>,
-    seq: Seq,
-    cmd: CommandId,
-    start: Instant,
+pub struct InFlight {
+    pub client: Rc<Client>,
+    pub seq: Seq,
+    pub cmd: CommandId,
+    pub start: Instant,
     /// Subject to opTimeout (blocking commands are not).
-    timed: bool,
+    pub timed: bool,
     /// Sent by the proxy itself: the reply is dropped.
-    internal: bool,
+    pub internal: bool,
+    /// Cluster mode: the request, kept to follow MOVED and ASK.
+    pub frame: Option<Bytes>,
+    /// Cluster mode: the reply is one part of a split command's reply.
+    pub merge: Option<(Rc<Merge>, usize)>,
+    pub redirects: u8,
+}
+
+impl InFlight {
+    pub fn new(client: Rc<Client>, seq: Seq, cmd: CommandId, start: Instant, timed: bool) -> InFlight {
+        InFlight { client, seq, cmd, start, timed, internal: false, frame: None, merge: None, redirects: 0 }
+    }
+
+    /// Hands the reply to the client, or to the split command it is part of.
+    pub fn answer(&self, reply: &[u8]) {
+        match &self.merge {
+            Some((m, part)) => m.put(*part, reply),
+            None => self.client.deliver(self.seq, reply),
+        }
+    }
 }
 
 struct Inner {
@@ -84,8 +133,29 @@ struct Inner {
     retired: bool,
 }
 
+/// What to connect to, and how.
+pub struct Spec {
+    pub svc: Arc<ServiceRt>,
+    /// `host:port`; the service's first endpoint if not given.
+    pub endpoint: Option<String>,
+    pub kind: Kind,
+    pub proto: u8,
+    /// For dedicated upstreams: the client's name, set on connect.
+    pub client_name: Option<Bytes>,
+    /// For cluster nodes: where MOVED and ASK replies go.
+    pub router: Option<Weak<ClusterRouter>>,
+}
+
+impl Spec {
+    pub fn new(svc: Arc<ServiceRt>, kind: Kind, proto: u8) -> Spec {
+        Spec { svc, endpoint: None, kind, proto, client_name: None, router: None }
+    }
+}
+
 pub struct Upstream {
     svc: RefCell<Arc<ServiceRt>>,
+    endpoint: String,
+    router: Option<Weak<ClusterRouter>>,
     pub kind: Kind,
     proto: u8,
     /// For dedicated upstreams: the client's name, set on connect.
@@ -105,20 +175,14 @@ enum ConnectError {
 
 impl Upstream {
     /// Creates an upstream and starts its task on the current `LocalSet`.
-    pub fn spawn(
-        svc: Arc<ServiceRt>,
-        kind: Kind,
-        proto: u8,
-        client_name: Option<Bytes>,
-        stats: Arc<WorkerStats>,
-        metrics: Arc<Metrics>,
-        max_depth: u32,
-    ) -> Rc<Upstream> {
+    pub fn spawn(spec: Spec, stats: Arc<WorkerStats>, metrics: Arc<Metrics>, max_depth: u32) -> Rc<Upstream> {
         let up = Rc::new(Upstream {
-            svc: RefCell::new(svc),
-            kind,
-            proto,
-            client_name,
+            endpoint: spec.endpoint.unwrap_or_else(|| spec.svc.endpoint().to_owned()),
+            svc: RefCell::new(spec.svc),
+            kind: spec.kind,
+            proto: spec.proto,
+            client_name: spec.client_name,
+            router: spec.router,
             inner: RefCell::new(Inner {
                 state: State::Connecting,
                 wbuf: BytesMut::new(),
@@ -134,6 +198,10 @@ impl Upstream {
         });
         tokio::task::spawn_local(up.clone().run());
         up
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
     }
 
     pub fn service(&self) -> Arc<ServiceRt> {
@@ -175,7 +243,7 @@ impl Upstream {
         inner.wbuf.extend_from_slice(frame);
         if inner.raw.is_none() {
             let seq = client.issue();
-            inner.inflight.push_back(InFlight { client: client.clone(), seq, cmd, start: now, timed, internal: false });
+            inner.inflight.push_back(InFlight::new(client.clone(), seq, cmd, now, timed));
         } else {
             self.stats.record_local(cmd, false);
         }
@@ -186,6 +254,41 @@ impl Upstream {
         Ok(())
     }
 
+    /// Cluster mode: sends a request whose place in the client's reply order (and, for a part
+    /// of a split command, in the merged reply) is already fixed; `asking` sends ASKING first.
+    /// When the upstream is known to be down, the request is answered with the error at once.
+    pub fn send_request(&self, req: InFlight, frame: &[u8], asking: bool) {
+        let mut inner = self.inner.borrow_mut();
+        let down = match &inner.state {
+            State::Down { until, reply } if req.start < *until => Some(reply.clone()),
+            State::Down { .. } => {
+                inner.state = State::Connecting;
+                None
+            }
+            State::Dead { reply, .. } => Some(reply.clone()),
+            State::Connecting | State::Ready => None,
+        };
+        if let Some(reply) = down {
+            drop(inner);
+            req.answer(&reply);
+            self.stats.record_local(req.cmd, true);
+            req.client.flush_from_upstream();
+            return;
+        }
+        if asking {
+            inner.wbuf.extend_from_slice(b"*1\r\n$6\r\nASKING\r\n");
+            let mut f = InFlight::new(req.client.clone(), 0, CommandId::UNKNOWN, req.start, true);
+            f.internal = true;
+            inner.inflight.push_back(f);
+        }
+        inner.wbuf.extend_from_slice(frame);
+        inner.inflight.push_back(req);
+        if !inner.wake_queued {
+            inner.wake_queued = true;
+            self.wake.notify();
+        }
+    }
+
     /// Sends a command of the proxy's own ahead of the client's next one; its reply is dropped.
     /// Best effort: if the upstream is unavailable, the client's own command will say so.
     pub fn send_internal(&self, client: &Rc<Client>, frame: &[u8], now: Instant) {
@@ -194,15 +297,9 @@ impl Upstream {
             return;
         }
         inner.wbuf.extend_from_slice(frame);
-        let cmd = CommandId::UNKNOWN;
-        inner.inflight.push_back(InFlight {
-            client: client.clone(),
-            seq: 0,
-            cmd,
-            start: now,
-            timed: true,
-            internal: true,
-        });
+        let mut f = InFlight::new(client.clone(), 0, CommandId::UNKNOWN, now, true);
+        f.internal = true;
+        inner.inflight.push_back(f);
     }
 
     /// From now on every byte from Redis goes to `client` as it comes. Called with nothing in
@@ -249,7 +346,7 @@ impl Upstream {
                 return;
             }
             let svc = self.service();
-            let endpoint = svc.endpoint().to_owned();
+            let endpoint = self.endpoint.clone();
             match self.connect(&svc, &endpoint).await {
                 Ok(stream) => {
                     backoff = BACKOFF_MIN;
@@ -317,7 +414,7 @@ impl Upstream {
             (std::mem::take(&mut inner.inflight), inner.raw.take())
         };
         for f in failed.iter().filter(|f| !f.internal) {
-            f.client.deliver(f.seq, reply);
+            f.answer(reply);
             self.stats.record_local(f.cmd, true);
         }
         for f in &failed {
@@ -469,7 +566,7 @@ impl Upstream {
                         .is_some_and(|head| head.start + svc.op_timeout <= now);
                     if expired {
                         self.metrics.upstream_timeouts.get_or_create(&Metrics::service(&svc.host)).inc();
-                        let reply = replies::upstream_timeout(&svc.host, svc.endpoint(), svc.op_timeout_text);
+                        let reply = replies::upstream_timeout(&svc.host, &self.endpoint, svc.op_timeout_text);
                         warn!(service = %svc.host, timeout = %svc.op_timeout_text, "request timed out; resetting the upstream connection");
                         self.fail_all(&reply);
                         return format!("no reply within opTimeout {}", svc.op_timeout_text);
@@ -485,6 +582,26 @@ impl Upstream {
         rbuf: &mut BytesMut,
         scanner: &mut ReplyScanner,
         touched: &mut Vec<Rc<Client>>,
+    ) -> Result<(), String> {
+        let mut redirects = Vec::new();
+        let result = self.dispatch_replies(rbuf, scanner, touched, &mut redirects);
+        // Followed once this upstream's state is no longer borrowed: a redirect may well
+        // point back here.
+        for (req, redirect) in redirects {
+            match self.router.as_ref().and_then(Weak::upgrade) {
+                Some(router) => router.redirect(req, redirect, self.proto),
+                None => req.answer(b"-ERR respmesh: redirected by a node that is no longer configured\r\n"),
+            }
+        }
+        result
+    }
+
+    fn dispatch_replies(
+        &self,
+        rbuf: &mut BytesMut,
+        scanner: &mut ReplyScanner,
+        touched: &mut Vec<Rc<Client>>,
+        redirects: &mut Vec<(InFlight, Redirect)>,
     ) -> Result<(), String> {
         let mut inner = self.inner.borrow_mut();
         if let Some(client) = &inner.raw {
@@ -520,7 +637,19 @@ impl Upstream {
                 continue;
             }
             let reply = &rbuf[..len];
-            req.client.deliver(req.seq, reply);
+            if req.frame.is_some()
+                && is_error(reply)
+                && let Some(redirect) = Redirect::parse(reply)
+                && req.redirects < MAX_REDIRECTS
+            {
+                redirects.push((req, redirect));
+                rbuf.advance(len);
+                if rbuf.is_empty() {
+                    return Ok(());
+                }
+                continue;
+            }
+            req.answer(reply);
             let now = *now.get_or_insert_with(Instant::now);
             self.stats.record(req.cmd, is_error(reply), now.saturating_duration_since(req.start));
             if !req.client.flush_queued.replace(true) {

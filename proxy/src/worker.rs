@@ -20,10 +20,11 @@ use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use crate::client::Client;
+use crate::cluster::ClusterRouter;
 use crate::config::{self, ServiceRt};
 use crate::metrics::{Metrics, WorkerStats};
 use crate::session::Session;
-use crate::upstream::{Kind, Upstream};
+use crate::upstream::{Kind, Spec, Upstream};
 
 /// Idle dedicated connections kept per service and protocol for later transactions and
 /// blocking commands.
@@ -43,6 +44,7 @@ pub struct Worker {
     clients: RefCell<HashMap<u64, Weak<Client>>>,
     next_client: Cell<u64>,
     shared: RefCell<HashMap<UpstreamKey, Rc<Upstream>>>,
+    routers: RefCell<HashMap<String, Rc<ClusterRouter>>>,
     pool: RefCell<HashMap<UpstreamKey, Vec<Rc<Upstream>>>>,
     sessions: Cell<usize>,
     sessions_idle: Notify,
@@ -64,10 +66,7 @@ impl Worker {
             up.retire();
         }
         let up = Upstream::spawn(
-            svc.clone(),
-            Kind::Shared,
-            proto,
-            None,
+            Spec::new(svc.clone(), Kind::Shared, proto),
             self.stats.clone(),
             self.metrics.clone(),
             max_depth,
@@ -76,9 +75,27 @@ impl Worker {
         up
     }
 
+    /// The worker's router for a CLUSTER service, replaced when the service's seeds or
+    /// credentials changed.
+    pub fn cluster_router(&self, svc: &Arc<ServiceRt>, max_depth: u32) -> Rc<ClusterRouter> {
+        let mut routers = self.routers.borrow_mut();
+        if let Some(r) = routers.get(&svc.host) {
+            if r.service().same_upstream(svc) {
+                r.update_service(svc.clone());
+                return r.clone();
+            }
+            info!(service = %svc.host, "cluster seeds or credentials changed: rediscovering the topology");
+            r.retire();
+        }
+        let r = ClusterRouter::spawn(svc.clone(), self.stats.clone(), self.metrics.clone(), max_depth);
+        routers.insert(svc.host.clone(), r.clone());
+        r
+    }
+
     /// A dedicated connection for the rest of a client's life.
     pub fn new_dedicated(&self, svc: &Arc<ServiceRt>, proto: u8, name: Option<Bytes>, max_depth: u32) -> Rc<Upstream> {
-        Upstream::spawn(svc.clone(), Kind::Dedicated, proto, name, self.stats.clone(), self.metrics.clone(), max_depth)
+        let spec = Spec { client_name: name, ..Spec::new(svc.clone(), Kind::Dedicated, proto) };
+        Upstream::spawn(spec, self.stats.clone(), self.metrics.clone(), max_depth)
     }
 
     /// A dedicated connection for a transaction or a blocking command, from the pool if one
@@ -182,6 +199,7 @@ async fn worker_main(setup: WorkerSetup, ready: mpsc::Sender<Result<Vec<SocketAd
         clients: RefCell::new(HashMap::new()),
         next_client: Cell::new(0),
         shared: RefCell::new(HashMap::new()),
+        routers: RefCell::new(HashMap::new()),
         pool: RefCell::new(HashMap::new()),
         sessions: Cell::new(0),
         sessions_idle: Notify::new(),

@@ -5,6 +5,7 @@
 //! says which commands the proxy must treat differently from a plain request/reply exchange on a
 //! shared connection: those that change connection state, block, or subscribe.
 
+pub mod keys;
 mod table;
 
 use std::sync::OnceLock;

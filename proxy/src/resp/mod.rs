@@ -9,6 +9,7 @@
 
 pub mod reply;
 pub mod request;
+pub mod value;
 
 use std::fmt;
 

@@ -1,0 +1,170 @@
+//! One reply from many: a command split across slots (MGET, MSET, DEL...) or sent to every
+//! primary (DBSIZE, KEYS, FLUSHALL...) is answered once every part has replied, with the reply
+//! one Redis holding all the keys would give.
+
+use std::cell::{Cell, RefCell};
+use std::fmt::Write as _;
+use std::rc::Rc;
+
+use bytes::Bytes;
+
+use crate::client::{Client, Seq};
+use crate::resp::find_crlf;
+use crate::resp::parse_int;
+use crate::resp::reply::{ReplyScanner, Scan, is_error};
+
+/// How the parts' replies combine.
+#[derive(Debug)]
+pub enum Combine {
+    /// MGET: part `i` asked for the keys at `positions[i]` of the original command.
+    Mget { keys: usize, positions: Vec<Vec<usize>> },
+    /// MSET, FLUSHALL, SCRIPT FLUSH...: every part says the same (OK); that is the reply.
+    Same,
+    /// DEL, EXISTS, UNLINK, TOUCH, DBSIZE: integers added up.
+    Sum,
+    /// KEYS: arrays concatenated.
+    Concat,
+}
+
+pub struct Merge {
+    client: Rc<Client>,
+    seq: Seq,
+    combine: Combine,
+    parts: RefCell<Vec<Option<Bytes>>>,
+    left: Cell<usize>,
+}
+
+impl Merge {
+    pub fn new(client: Rc<Client>, seq: Seq, combine: Combine, parts: usize) -> Rc<Merge> {
+        Rc::new(Merge { client, seq, combine, parts: RefCell::new(vec![None; parts]), left: Cell::new(parts) })
+    }
+
+    /// The reply of one part; the client gets the merged reply after the last one.
+    pub fn put(&self, part: usize, reply: &[u8]) {
+        let mut parts = self.parts.borrow_mut();
+        if parts[part].is_some() {
+            return;
+        }
+        parts[part] = Some(Bytes::copy_from_slice(reply));
+        self.left.set(self.left.get() - 1);
+        if self.left.get() == 0 {
+            let merged = combine(&self.combine, &parts);
+            drop(parts);
+            self.client.deliver(self.seq, &merged);
+        }
+    }
+}
+
+fn combine(how: &Combine, parts: &[Option<Bytes>]) -> Vec<u8> {
+    let parts: Vec<&[u8]> = parts.iter().map(|p| p.as_deref().unwrap_or_default()).collect();
+    if let Some(err) = parts.iter().find(|p| is_error(p)) {
+        return err.to_vec();
+    }
+    let unexpected =
+        |what: &str| format!("-ERR respmesh: unexpected reply from a cluster node to {what}\r\n").into_bytes();
+    match how {
+        Combine::Same => parts.first().map(|p| p.to_vec()).unwrap_or_default(),
+        Combine::Sum => {
+            let mut total: i64 = 0;
+            for p in &parts {
+                match p.strip_prefix(b":").and_then(|rest| parse_int(rest.strip_suffix(b"\r\n")?)) {
+                    Some(n) => total += n,
+                    None => return unexpected("a counting command"),
+                }
+            }
+            format!(":{total}\r\n").into_bytes()
+        }
+        Combine::Concat => {
+            let mut count = 0;
+            let mut body = Vec::new();
+            for p in &parts {
+                let Some((n, elements)) = array_elements(p) else { return unexpected("a listing command") };
+                count += n;
+                body.extend_from_slice(elements);
+            }
+            let mut out = format!("*{count}\r\n").into_bytes();
+            out.extend_from_slice(&body);
+            out
+        }
+        Combine::Mget { keys, positions } => {
+            let mut slots: Vec<&[u8]> = vec![b"$-1\r\n"; *keys];
+            for (p, pos) in parts.iter().zip(positions) {
+                let Some(elements) = split_array(p) else { return unexpected("MGET") };
+                if elements.len() != pos.len() {
+                    return unexpected("MGET");
+                }
+                for (e, &i) in elements.into_iter().zip(pos) {
+                    slots[i] = e;
+                }
+            }
+            let mut out = String::new();
+            let _ = write!(out, "*{keys}\r\n");
+            let mut out = out.into_bytes();
+            for s in slots {
+                out.extend_from_slice(s);
+            }
+            out
+        }
+    }
+}
+
+/// The element count and the bytes of the elements of an array reply.
+fn array_elements(reply: &[u8]) -> Option<(usize, &[u8])> {
+    if reply.first() != Some(&b'*') && reply.first() != Some(&b'~') {
+        return None;
+    }
+    let cr = find_crlf(reply, 1)?;
+    let n = parse_int(&reply[1..cr])?;
+    Some((n.max(0) as usize, &reply[cr + 2..]))
+}
+
+/// Each element of an array reply, as bytes.
+fn split_array(reply: &[u8]) -> Option<Vec<&[u8]>> {
+    let (n, mut body) = array_elements(reply)?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        match ReplyScanner::new(64).scan(body) {
+            Ok(Scan::Complete { len }) => {
+                out.push(&body[..len]);
+                body = &body[len..];
+            }
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(how: Combine, parts: &[&[u8]]) -> String {
+        let parts: Vec<Option<Bytes>> = parts.iter().map(|p| Some(Bytes::copy_from_slice(p))).collect();
+        String::from_utf8(combine(&how, &parts)).unwrap()
+    }
+
+    #[test]
+    fn mget_parts_are_put_back_in_key_order() {
+        let how = Combine::Mget { keys: 3, positions: vec![vec![0, 2], vec![1]] };
+        assert_eq!(
+            run(how, &[b"*2\r\n$1\r\na\r\n$-1\r\n", b"*1\r\n$1\r\nb\r\n"]),
+            "*3\r\n$1\r\na\r\n$1\r\nb\r\n$-1\r\n"
+        );
+    }
+
+    #[test]
+    fn counts_add_up_and_lists_concatenate() {
+        assert_eq!(run(Combine::Sum, &[b":2\r\n", b":0\r\n", b":5\r\n"]), ":7\r\n");
+        assert_eq!(
+            run(Combine::Concat, &[b"*1\r\n$1\r\na\r\n", b"*0\r\n", b"*1\r\n$1\r\nb\r\n"]),
+            "*2\r\n$1\r\na\r\n$1\r\nb\r\n"
+        );
+        assert_eq!(run(Combine::Same, &[b"+OK\r\n", b"+OK\r\n"]), "+OK\r\n");
+    }
+
+    #[test]
+    fn the_first_error_wins() {
+        assert_eq!(run(Combine::Sum, &[b":1\r\n", b"-CLUSTERDOWN down\r\n"]), "-CLUSTERDOWN down\r\n");
+        assert!(run(Combine::Sum, &[b"+OK\r\n"]).starts_with("-ERR respmesh: unexpected reply"));
+    }
+}

@@ -1,0 +1,254 @@
+//! Redis Cluster behind one address.
+//!
+//! A [`ClusterRouter`] per worker and service knows the cluster's topology (from `CLUSTER
+//! SLOTS`, refreshed periodically, at once after a MOVED, and after failures; a failed refresh
+//! keeps the last good map) and holds one shared connection per node. The session asks it where
+//! a slot lives; upstreams hand it MOVED and ASK replies, which it follows without the client
+//! ever seeing them.
+
+pub mod merge;
+pub mod slot;
+pub mod topology;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::client::Client;
+use crate::config::ServiceRt;
+use crate::metrics::{Metrics, WorkerStats};
+use crate::resp::reply::{ReplyScanner, Scan, is_error, simple_text};
+use crate::resp::request::encode_command;
+use crate::resp::value;
+use crate::signal::Signal;
+use crate::upstream::{InFlight, Kind, Redirect, Spec, Upstream};
+use topology::Topology;
+
+/// Periodic topology refresh.
+pub const REFRESH_INTERVAL: Duration = Duration::from_secs(5);
+/// Refreshes triggered by MOVED or failures are at least this far apart.
+const REFRESH_MIN_GAP: Duration = Duration::from_millis(100);
+
+pub struct ClusterRouter {
+    svc: RefCell<Arc<ServiceRt>>,
+    topology: RefCell<Option<Topology>>,
+    /// Why the last refresh failed, while no topology is known.
+    last_error: RefCell<Option<String>>,
+    nodes: RefCell<HashMap<(String, u8), Rc<Upstream>>>,
+    refresh: Signal,
+    /// Clients waiting for the first topology.
+    waiters: RefCell<Vec<Rc<Client>>>,
+    retired: Cell<bool>,
+    stats: Arc<WorkerStats>,
+    metrics: Arc<Metrics>,
+    max_depth: u32,
+    me: Weak<ClusterRouter>,
+}
+
+impl ClusterRouter {
+    pub fn spawn(svc: Arc<ServiceRt>, stats: Arc<WorkerStats>, metrics: Arc<Metrics>, max_depth: u32) -> Rc<Self> {
+        let router = Rc::new_cyclic(|me| ClusterRouter {
+            svc: RefCell::new(svc),
+            topology: RefCell::new(None),
+            last_error: RefCell::new(None),
+            nodes: RefCell::new(HashMap::new()),
+            refresh: Signal::new(),
+            waiters: RefCell::new(Vec::new()),
+            retired: Cell::new(false),
+            stats,
+            metrics,
+            max_depth,
+            me: me.clone(),
+        });
+        tokio::task::spawn_local(router.clone().refresh_loop());
+        router
+    }
+
+    pub fn service(&self) -> Arc<ServiceRt> {
+        self.svc.borrow().clone()
+    }
+
+    pub fn update_service(&self, svc: Arc<ServiceRt>) {
+        for up in self.nodes.borrow().values() {
+            up.update_service(svc.clone(), self.max_depth);
+        }
+        *self.svc.borrow_mut() = svc;
+    }
+
+    /// Stops refreshing and closes the node connections once idle.
+    pub fn retire(&self) {
+        self.retired.set(true);
+        self.refresh.notify();
+        for up in self.nodes.borrow().values() {
+            up.retire();
+        }
+    }
+
+    /// The topology is known.
+    pub fn ready(&self) -> bool {
+        self.topology.borrow().is_some()
+    }
+
+    /// Why no topology is known (after a first refresh failed).
+    pub fn unavailable(&self) -> Option<String> {
+        if self.ready() { None } else { self.last_error.borrow().clone() }
+    }
+
+    /// Wakes `client` once the first topology arrives (or its refresh fails).
+    pub fn wait_ready(&self, client: &Rc<Client>) {
+        self.waiters.borrow_mut().push(client.clone());
+    }
+
+    /// The primary serving `slot`.
+    pub fn primary(&self, slot: u16) -> Option<String> {
+        self.topology.borrow().as_ref()?.primary(slot).map(str::to_owned)
+    }
+
+    /// Every primary.
+    pub fn primaries(&self) -> Vec<String> {
+        self.topology.borrow().as_ref().map(|t| t.primaries().map(str::to_owned).collect()).unwrap_or_default()
+    }
+
+    /// The shared connection to a node.
+    pub fn node(&self, addr: &str, proto: u8) -> Rc<Upstream> {
+        let key = (addr.to_owned(), proto);
+        if let Some(up) = self.nodes.borrow().get(&key)
+            && up.is_usable()
+        {
+            return up.clone();
+        }
+        let spec = Spec {
+            endpoint: Some(addr.to_owned()),
+            router: Some(self.me.clone()),
+            ..Spec::new(self.service(), Kind::Shared, proto)
+        };
+        let up = Upstream::spawn(spec, self.stats.clone(), self.metrics.clone(), self.max_depth);
+        self.nodes.borrow_mut().insert(key, up.clone());
+        up
+    }
+
+    /// Follows a MOVED or ASK for a request.
+    pub fn redirect(&self, mut req: InFlight, redirect: Redirect, proto: u8) {
+        req.redirects += 1;
+        if !redirect.ask {
+            debug!(slot = redirect.slot, to = %redirect.addr, "MOVED: updating the slot map and refreshing");
+            if let Some(t) = self.topology.borrow_mut().as_mut() {
+                t.moved(redirect.slot, &redirect.addr);
+            }
+            self.refresh.notify();
+        }
+        let Some(frame) = req.frame.clone() else {
+            req.answer(b"-ERR respmesh: cannot follow a redirection for this request\r\n");
+            return;
+        };
+        self.node(&redirect.addr, proto).send_request(req, &frame, redirect.ask);
+    }
+
+    /// Asks for a topology refresh soon (after MOVED, a connection failure, ...).
+    pub fn request_refresh(&self) {
+        self.refresh.notify();
+    }
+
+    async fn refresh_loop(self: Rc<Self>) {
+        let mut last = Instant::now() - REFRESH_MIN_GAP;
+        loop {
+            if self.retired.get() {
+                return;
+            }
+            let since = last.elapsed();
+            if since < REFRESH_MIN_GAP {
+                tokio::time::sleep(REFRESH_MIN_GAP - since).await;
+            }
+            last = Instant::now();
+            match self.fetch().await {
+                Ok((topology, from)) => {
+                    let changed = self.topology.borrow().as_ref() != Some(&topology);
+                    if changed {
+                        info!(service = %self.service().host, from = %from, primaries = topology.shards.len(),
+                            nodes = topology.nodes.len(), "cluster topology updated");
+                    }
+                    *self.topology.borrow_mut() = Some(topology);
+                    *self.last_error.borrow_mut() = None;
+                }
+                Err(why) => {
+                    warn!(service = %self.service().host, reason = %why, "cannot refresh the cluster topology; keeping the last one");
+                    *self.last_error.borrow_mut() = Some(why);
+                }
+            }
+            for c in self.waiters.borrow_mut().drain(..) {
+                c.wake.notify();
+            }
+            let interval = self.service().refresh_interval;
+            tokio::select! {
+                _ = self.refresh.wait() => {}
+                _ = tokio::time::sleep(interval) => {}
+            }
+        }
+    }
+
+    /// Asks the known nodes (primaries first), then the configured seeds, for `CLUSTER SLOTS`.
+    async fn fetch(&self) -> Result<(Topology, String), String> {
+        let svc = self.service();
+        let mut candidates: Vec<String> = Vec::new();
+        if let Some(t) = self.topology.borrow().as_ref() {
+            candidates.extend(t.primaries().map(str::to_owned));
+            candidates.extend(t.nodes.iter().cloned());
+        }
+        candidates.extend(svc.endpoints.iter().cloned());
+        let mut seen = std::collections::HashSet::new();
+        candidates.retain(|c| seen.insert(c.clone()));
+        let mut errors = Vec::new();
+        for addr in candidates {
+            match tokio::time::timeout(svc.connect_timeout * 2, cluster_slots(&svc, &addr, self.max_depth)).await {
+                Ok(Ok(t)) => return Ok((t, addr)),
+                Ok(Err(e)) => errors.push(format!("{addr}: {e}")),
+                Err(_) => errors.push(format!("{addr}: no answer in time")),
+            }
+        }
+        Err(errors.join("; "))
+    }
+}
+
+/// One `CLUSTER SLOTS` round trip on a connection of its own.
+async fn cluster_slots(svc: &ServiceRt, addr: &str, max_depth: u32) -> Result<Topology, String> {
+    let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let mut req = BytesMut::new();
+    let mut expect = 1;
+    if let Some(auth) = &svc.auth {
+        match &auth.username {
+            Some(user) => encode_command(&mut req, &[&b"AUTH"[..], user, &auth.password.0]),
+            None => encode_command(&mut req, &[&b"AUTH"[..], &auth.password.0]),
+        }
+        expect += 1;
+    }
+    encode_command(&mut req, &[&b"CLUSTER"[..], b"SLOTS"]);
+    stream.write_all(&req).await.map_err(|e| e.to_string())?;
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut replies = Vec::new();
+    while replies.len() < expect {
+        match ReplyScanner::new(max_depth).scan(&buf) {
+            Ok(Scan::Complete { len }) => replies.push(buf.split_to(len)),
+            Ok(Scan::Incomplete { .. }) => {
+                if stream.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+                    return Err("connection closed".into());
+                }
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    for r in &replies {
+        if is_error(r) {
+            return Err(String::from_utf8_lossy(simple_text(r)).into_owned());
+        }
+    }
+    let v = value::decode(replies.last().expect("read"), max_depth).map_err(|e| e.to_string())?;
+    Topology::from_cluster_slots(&v, addr)
+}

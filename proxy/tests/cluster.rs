@@ -1,0 +1,165 @@
+//! CLUSTER mode against a real 6-node Redis Cluster (3 primaries, 3 replicas) on loopback:
+//! a plain client sees one Redis.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Cluster, Proxy};
+
+fn proxy_for(cluster: &Cluster) -> Proxy {
+    Proxy::start_args(&["--upstream", &cluster.nodes[0].addr(), "--mode", "cluster"])
+}
+
+/// CLUSTER KEYSLOT as the cluster computes it.
+fn slot_of(cluster: &Cluster, key: &str) -> u16 {
+    let r = cluster.nodes[0].conn().cmd(&["CLUSTER", "KEYSLOT", key]);
+    r.trim_start_matches(':').trim().parse().unwrap()
+}
+
+#[test]
+fn scenario_3_a_plain_client_gets_moved_directly_and_ok_through_the_proxy() {
+    let cluster = Cluster::start();
+    let slot = slot_of(&cluster, "foo");
+    let owner = cluster.primary_for(slot);
+    let other =
+        cluster.nodes.iter().find(|n| n.port != owner.port && !n.conn().cmd(&["ROLE"]).contains("slave")).unwrap();
+    assert_eq!(other.conn().cmd(&["SET", "foo", "bar"]), format!("-MOVED {slot} {}\r\n", owner.addr()));
+
+    let proxy = proxy_for(&cluster);
+    let mut c = proxy.conn();
+    assert_eq!(c.cmd(&["SET", "foo", "bar"]), "+OK\r\n");
+    assert_eq!(c.cmd(&["GET", "foo"]), "$3\r\nbar\r\n");
+    assert_eq!(owner.conn().cmd(&["GET", "foo"]), "$3\r\nbar\r\n", "stored on the slot's owner");
+}
+
+#[test]
+fn keys_over_every_slot_land_on_their_owners() {
+    let cluster = Cluster::start();
+    let proxy = proxy_for(&cluster);
+    let mut c = proxy.conn();
+    // One pipeline of 2,000 SETs over all three shards, then the GETs.
+    let mut batch = Vec::new();
+    for i in 0..2000 {
+        batch.extend(support::Conn::encode(&[b"SET", format!("key:{i}").as_bytes(), format!("v{i}").as_bytes()]));
+    }
+    c.send_raw(&batch);
+    for _ in 0..2000 {
+        assert_eq!(c.read_reply(), b"+OK\r\n");
+    }
+    for i in (0..2000).step_by(97) {
+        let want = format!("v{i}");
+        assert_eq!(c.cmd(&["GET", &format!("key:{i}")]), format!("${}\r\n{want}\r\n", want.len()));
+    }
+    assert_eq!(c.cmd(&["DBSIZE"]), ":2000\r\n", "DBSIZE adds up every primary");
+    // Every primary holds some of them.
+    let mut per_primary = Vec::new();
+    for n in &cluster.nodes {
+        if n.conn().cmd(&["ROLE"]).contains("master") {
+            per_primary.push(n.conn().cmd(&["DBSIZE"]));
+        }
+    }
+    assert_eq!(per_primary.len(), 3);
+    assert!(per_primary.iter().all(|d| d != ":0\r\n"), "{per_primary:?}");
+}
+
+#[test]
+fn multi_key_commands_are_split_by_slot_and_merged() {
+    let cluster = Cluster::start();
+    let proxy = proxy_for(&cluster);
+    let mut c = proxy.conn();
+    assert_eq!(c.cmd(&["MSET", "a", "1", "b", "2", "c", "3", "d", "4"]), "+OK\r\n");
+    assert_eq!(
+        c.cmd(&["MGET", "d", "missing", "a", "c", "b"]),
+        "*5\r\n$1\r\n4\r\n$-1\r\n$1\r\n1\r\n$1\r\n3\r\n$1\r\n2\r\n"
+    );
+    assert_eq!(c.cmd(&["EXISTS", "a", "b", "missing", "a"]), ":3\r\n");
+    assert_eq!(c.cmd(&["TOUCH", "a", "b", "c"]), ":3\r\n");
+    assert_eq!(c.cmd(&["DEL", "a", "b", "missing"]), ":2\r\n");
+    assert_eq!(c.cmd(&["UNLINK", "c", "d"]), ":2\r\n");
+    assert_eq!(c.cmd(&["MGET", "a", "b", "c", "d"]), "*4\r\n$-1\r\n$-1\r\n$-1\r\n$-1\r\n");
+}
+
+#[test]
+fn commands_whose_keys_must_share_a_slot_get_crossslot_unless_they_do() {
+    let cluster = Cluster::start();
+    let proxy = proxy_for(&cluster);
+    let mut c = proxy.conn();
+    c.cmd(&["SET", "a", "1"]);
+    assert_eq!(c.cmd(&["RENAME", "a", "b"]), "-CROSSSLOT Keys in request don't hash to the same slot\r\n");
+    assert_eq!(c.cmd(&["MSETNX", "x", "1", "y", "2"]), "-CROSSSLOT Keys in request don't hash to the same slot\r\n");
+    assert_eq!(c.cmd(&["SET", "{user1}.name", "ann"]), "+OK\r\n");
+    assert_eq!(c.cmd(&["RENAME", "{user1}.name", "{user1}.nick"]), "+OK\r\n");
+    assert_eq!(c.cmd(&["GET", "{user1}.nick"]), "$3\r\nann\r\n");
+    assert_eq!(c.cmd(&["EVAL", "return redis.call('GET', KEYS[1])", "1", "{user1}.nick"]), "$3\r\nann\r\n");
+    assert_eq!(c.cmd(&["SELECT", "1"]), "-ERR SELECT is not allowed in cluster mode\r\n");
+    assert_eq!(c.cmd(&["SELECT", "0"]), "+OK\r\n");
+}
+
+#[test]
+fn keyless_commands_answer_for_the_whole_cluster() {
+    let cluster = Cluster::start();
+    let proxy = proxy_for(&cluster);
+    let mut c = proxy.conn();
+    assert_eq!(c.cmd(&["PING"]), "+PONG\r\n");
+    assert_eq!(c.cmd(&["ECHO", "hi"]), "$2\r\nhi\r\n");
+    for k in ["k1", "k2", "k3", "k4", "k5", "k6"] {
+        c.cmd(&["SET", k, "v"]);
+    }
+    let keys = c.cmd(&["KEYS", "k*"]);
+    assert!(keys.starts_with("*6\r\n"), "{keys}");
+    for k in ["k1", "k2", "k3", "k4", "k5", "k6"] {
+        assert!(keys.contains(&format!("${}\r\n{k}\r\n", k.len())), "{keys}");
+    }
+    assert_eq!(c.cmd(&["DBSIZE"]), ":6\r\n");
+    assert_eq!(c.cmd(&["FLUSHALL"]), "+OK\r\n");
+    assert_eq!(c.cmd(&["DBSIZE"]), ":0\r\n");
+    let sha = c.cmd(&["SCRIPT", "LOAD", "return 7"]);
+    assert!(sha.starts_with("$40\r\n"), "{sha}");
+    let sha = sha.lines().nth(1).unwrap().to_owned();
+    // Loaded on every primary: EVALSHA works whichever node the key selects.
+    for k in ["a", "b", "c", "d"] {
+        assert_eq!(c.cmd(&["EVALSHA", &sha, "1", k]), ":7\r\n");
+    }
+}
+
+#[test]
+fn moved_and_ask_are_followed_without_the_client_seeing_them() {
+    let cluster = Cluster::start();
+    let proxy = proxy_for(&cluster);
+    let mut c = proxy.conn();
+    assert_eq!(c.cmd(&["SET", "warmup", "1"]), "+OK\r\n");
+    let slot = slot_of(&cluster, "foo");
+    let source = cluster.primary_for(slot);
+    let target =
+        cluster.nodes.iter().find(|n| n.port != source.port && n.conn().cmd(&["ROLE"]).contains("master")).unwrap();
+    let id = |n: &support::Redis| n.conn().cmd(&["CLUSTER", "MYID"]).lines().nth(1).unwrap().to_owned();
+    let (source_id, target_id) = (id(source), id(target));
+
+    // ASK: the slot is migrating and the key is not on the source (yet).
+    assert_eq!(target.conn().cmd(&["CLUSTER", "SETSLOT", &slot.to_string(), "IMPORTING", &source_id]), "+OK\r\n");
+    assert_eq!(source.conn().cmd(&["CLUSTER", "SETSLOT", &slot.to_string(), "MIGRATING", &target_id]), "+OK\r\n");
+    assert_eq!(c.cmd(&["SET", "foo", "asked"]), "+OK\r\n");
+    assert_eq!(target.conn().cmd(&["ASKING"]), "+OK\r\n");
+    // MOVED: the migration completes; the proxy's map still says `source`.
+    for n in &cluster.nodes {
+        n.conn().cmd(&["CLUSTER", "SETSLOT", &slot.to_string(), "NODE", &target_id]);
+    }
+    assert_eq!(c.cmd(&["GET", "foo"]), "$5\r\nasked\r\n");
+    assert_eq!(c.cmd(&["SET", "foo", "moved"]), "+OK\r\n");
+    let mut direct = target.conn();
+    assert_eq!(direct.cmd(&["GET", "foo"]), "$5\r\nmoved\r\n");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(proxy.log().contains("cluster topology updated"), "{}", proxy.log());
+}
+
+#[test]
+fn an_unreachable_cluster_is_reported_clearly() {
+    let port = support::free_port();
+    let mut proxy = Proxy::start_args(&["--upstream", &format!("127.0.0.1:{port}"), "--mode", "cluster"]);
+    proxy.allow_warning("cannot refresh the cluster topology");
+    let mut c = proxy.conn();
+    let reply = c.cmd(&["GET", "k"]);
+    assert!(reply.starts_with("-CLUSTERDOWN respmesh: cannot learn the topology of 127.0.0.1:"), "{reply}");
+    assert!(reply.contains("Connection refused"), "{reply}");
+}
