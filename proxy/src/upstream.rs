@@ -408,6 +408,10 @@ impl Upstream {
 
     /// Answers every request in flight (or queued while connecting) with `reply`.
     fn fail_all(&self, reply: &[u8]) {
+        // A cluster node that fails may have been failed over: look at the topology again.
+        if let Some(router) = self.router.as_ref().and_then(Weak::upgrade) {
+            router.request_refresh();
+        }
         let (failed, raw) = {
             let mut inner = self.inner.borrow_mut();
             inner.wbuf.clear();

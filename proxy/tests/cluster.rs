@@ -163,3 +163,61 @@ fn an_unreachable_cluster_is_reported_clearly() {
     assert!(reply.starts_with("-CLUSTERDOWN respmesh: cannot learn the topology of 127.0.0.1:"), "{reply}");
     assert!(reply.contains("Connection refused"), "{reply}");
 }
+
+#[test]
+fn a_primary_killed_under_load_is_replaced_by_its_promoted_replica() {
+    let mut cluster = Cluster::start();
+    cluster.wait_replicas_online(1, Duration::from_secs(20));
+    let yaml = format!(
+        r#"apiVersion: proxy.respmesh.io/v1alpha1
+kind: ProxyConfig
+listeners: [{{address: "127.0.0.1:0", service: redis-cluster}}]
+services:
+  - host: redis-cluster
+    mode: CLUSTER
+    endpoints: {:?}
+    cluster: {{refreshInterval: 1s}}
+"#,
+        cluster.addrs()
+    );
+    let mut proxy = Proxy::start_config(&yaml);
+    proxy.allow_warning("upstream connection lost");
+    proxy.allow_warning("cannot connect to upstream");
+    proxy.allow_warning("cannot refresh the cluster topology");
+    let mut c = proxy.conn();
+    assert_eq!(c.cmd(&["SET", "foo", "before"]), "+OK\r\n");
+    let slot = slot_of(&cluster, "foo");
+    let victim_port = cluster.primary_for(slot).port;
+    let victim = cluster.nodes.iter_mut().find(|n| n.port == victim_port).unwrap();
+    victim.kill();
+
+    // Keep writing; within the node timeout (1 s) plus two refresh intervals the proxy must
+    // serve the slot again from the promoted replica.
+    let start = std::time::Instant::now();
+    let mut acknowledged = Vec::new();
+    let mut recovered = None;
+    let mut i = 0;
+    while start.elapsed() < Duration::from_secs(15) {
+        i += 1;
+        let reply = c.cmd(&["SET", "foo", &format!("v{i}")]);
+        if reply == "+OK\r\n" {
+            acknowledged.push(i);
+            if recovered.is_none() && start.elapsed() > Duration::from_millis(100) {
+                recovered = Some(start.elapsed());
+            }
+            if acknowledged.len() > 20 && recovered.is_some() {
+                break;
+            }
+        } else {
+            assert!(reply.starts_with("-ERR respmesh: upstream") || reply.starts_with("-CLUSTERDOWN"), "{reply}");
+            acknowledged.clear();
+            recovered = None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let took = recovered.expect("the proxy did not recover");
+    eprintln!("served again {took:?} after the primary was killed");
+    assert!(took < Duration::from_secs(6), "recovered after {took:?}");
+    let last = acknowledged.last().unwrap();
+    assert_eq!(c.cmd(&["GET", "foo"]), format!("${}\r\nv{last}\r\n", format!("v{last}").len()));
+}

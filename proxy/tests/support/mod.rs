@@ -468,6 +468,23 @@ impl Cluster {
         }
     }
 
+    /// Waits until every primary has its replicas connected and in sync (needed before a
+    /// failover can promote one).
+    pub fn wait_replicas_online(&self, per_primary: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let ok = self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
+                let info = n.conn().cmd(&["INFO", "replication"]);
+                !info.contains("role:master") || info.matches("state=online").count() >= per_primary
+            });
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "replicas not in sync in time");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn addrs(&self) -> Vec<String> {
         self.nodes.iter().map(Redis::addr).collect()
     }
