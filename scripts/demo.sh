@@ -20,15 +20,10 @@ http_get() { python3 -c 'import sys, urllib.request; print(urllib.request.urlope
 wait_port() { for _ in $(seq 100); do redis-cli -p "$1" ping >/dev/null 2>&1 && return; sleep 0.05; done; echo "port $1 did not open" >&2; exit 1; }
 say() { printf '\n\033[1m%s\033[0m\n' "$*"; }
 
-# Runs redis-cli commands on one connection and prints them as an interactive session would.
+# Runs commands on one connection, printed as redis-cli's prompt shows them.
 session() {
   local name=$1; shift
-  local cmds=("$@") out i=0
-  out=$(printf '%s\n' "$@" | redis-cli --no-raw -p "$port" 2>&1)
-  while IFS= read -r line; do
-    printf '%s:6379> %s\n%s\n' "$name" "${cmds[$i]}" "$line"
-    i=$((i+1))
-  done <<<"$out"
+  python3 "$(dirname "$0")/resp-session.py" "$name" "$port" "$@"
 }
 
 redis_port=$(free_port)
@@ -91,6 +86,42 @@ redis-cli -p "$redis_port" -a testredis --no-auth-warning config set requirepass
 printf 'n3w-pa55\n' >"$work/password.new" && mv "$work/password.new" "$work/password"
 wait_generation 4
 session redis-single "AUTH testredis123!" "get foo"
+
+say "Scenario 3: a Redis Cluster (3 primaries, 3 replicas) that looks like one Redis"
+cluster_ports=()
+for _ in 1 2 3 4 5 6; do
+  while :; do
+    p=$(free_port)
+    [ "$p" -lt 55000 ] && ! (echo >/dev/tcp/127.0.0.1/$((p + 10000))) 2>/dev/null && break
+  done
+  mkdir -p "$work/node-$p"
+  redis-server --port "$p" --bind 127.0.0.1 --save '' --appendonly no --dir "$work/node-$p" \
+    --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000 >/dev/null &
+  pids+=($!)
+  cluster_ports+=("$p")
+done
+for p in "${cluster_ports[@]}"; do wait_port "$p"; done
+redis-cli --cluster create $(printf '127.0.0.1:%s ' "${cluster_ports[@]}") --cluster-replicas 1 --cluster-yes >/dev/null
+for p in "${cluster_ports[@]}"; do
+  for _ in $(seq 200); do
+    redis-cli -p "$p" cluster info | grep -q cluster_state:ok && break
+    sleep 0.1
+  done
+done
+# Ask a node that does not own foo's slot, as a plain client would.
+for p in "${cluster_ports[@]}"; do
+  case "$(redis-cli -p "$p" get foo)" in *MOVED*) moved_port=$p; break ;; esac
+done
+echo "Without respmesh, a plain (non-cluster) client talking to a cluster node:"
+port=$moved_port session redis-cluster "set foo bar"
+cport=$(free_port)
+cadmin=$(free_port)
+"$PROXY" --listen "127.0.0.1:$cport" --upstream "127.0.0.1:${cluster_ports[0]}" --mode cluster \
+  --admin "127.0.0.1:$cadmin" --log-level warn &
+pids+=($!)
+wait_port "$cport"
+echo "With a RedisDestination in mode CLUSTER, through respmesh-proxy:"
+port=$cport session redis-cluster "set foo bar" "get foo" "mset a 1 b 2 c 3" "mget a b c foo" "dbsize"
 
 say "What the proxy counted (from http://127.0.0.1:$admin/metrics):"
 http_get "http://127.0.0.1:$admin/metrics" | grep -E '^respmesh_proxy_(commands_total|command_errors_total|config_reloads_total)' || true
