@@ -58,23 +58,34 @@ def rss_kib(pid):
     return 0
 
 
-# With two or more cores: proxies on the last core, Redis and the load generator on the others,
-# so that the proxies under comparison always run alike (no migrations, same wake-up paths).
+# With --pin (and two or more cores): proxies on the last core, Redis and the load generator on
+# the others. Off by default: on a 2-core machine the shared core becomes the bottleneck and
+# cross-core wake-ups inflate every proxy's CPU per request.
 CORES = os.cpu_count() or 1
-PROXY_CPUS = [str(CORES - 1)] if CORES >= 2 else []
-OTHER_CPUS = [",".join(str(c) for c in range(CORES - 1))] if CORES >= 2 else []
+PROXY_CPUS = []
+OTHER_CPUS = []
+
+
+def set_pinning(on):
+    global PROXY_CPUS, OTHER_CPUS
+    if on and CORES >= 2:
+        PROXY_CPUS = [str(CORES - 1)]
+        OTHER_CPUS = [",".join(str(c) for c in range(CORES - 1))]
 
 
 def pinned(cpus, args):
     return ["taskset", "-c", cpus[0]] + args if cpus else args
 
 
-def redis_benchmark(port, test, clients, pipeline, requests):
+def redis_benchmark(port, test, clients, pipeline, requests, cluster=False):
     out = subprocess.run(
         pinned(OTHER_CPUS, ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", test, "-c", str(clients),
-         "-P", str(pipeline), "-n", str(requests), "-r", "100000", "-d", "16", "--csv"]),
+         "-P", str(pipeline), "-n", str(requests), "-r", "100000", "-d", "16", "--csv"]
+               + (["--cluster"] if cluster else [])),
         check=True, capture_output=True, text=True,
     ).stdout
+    # In --cluster mode, redis-benchmark prints the cluster's nodes before the CSV.
+    out = out[out.index('"test"'):]
     rows = list(csv.DictReader(io.StringIO(out)))
     row = rows[0]
     return float(row["rps"]), float(row["p50_latency_ms"]), float(row["p99_latency_ms"])
@@ -102,6 +113,36 @@ class Procs:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def start_cluster(procs):
+    """Six redis-server nodes, 3 primaries and 3 replicas; returns the node ports."""
+    ports = []
+    while len(ports) < 6:
+        p = free_port()
+        if p < 55000:
+            try:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p + 10000))
+            except OSError:
+                continue
+            ports.append(p)
+    for p in ports:
+        d = os.path.join(procs.dir, f"node-{p}")
+        os.makedirs(d)
+        procs.start(pinned(OTHER_CPUS, ["redis-server", "--port", str(p), "--bind", "127.0.0.1", "--save", "",
+                                        "--appendonly", "no", "--dir", d, "--cluster-enabled", "yes",
+                                        "--cluster-config-file", "nodes.conf"]), p)
+    subprocess.run(["redis-cli", "--cluster", "create"] + [f"127.0.0.1:{p}" for p in ports]
+                   + ["--cluster-replicas", "1", "--cluster-yes"], check=True, capture_output=True)
+    deadline = time.time() + 30
+    for p in ports:
+        while "cluster_state:ok" not in subprocess.run(["redis-cli", "-p", str(p), "cluster", "info"],
+                                                       capture_output=True, text=True).stdout:
+            if time.time() > deadline:
+                raise RuntimeError("the benchmark cluster did not come up")
+            time.sleep(0.1)
+    return ports
+
+
 def idle_connections_rss(port, pid, count=1000):
     """RSS of the proxy idle, and its growth per idle client connection (after one PING each)."""
     time.sleep(0.3)
@@ -125,7 +166,9 @@ def main():
     ap.add_argument("proxy")
     ap.add_argument("--requests", type=int, default=300000)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--pin", action="store_true", help="pin proxies to their own core")
     args = ap.parse_args()
+    set_pinning(args.pin)
 
     procs = Procs()
     try:
@@ -177,6 +220,34 @@ def main():
                         statistics.median(x[3] for x in s) if s[0][3] is not None else None,
                     )
 
+        # Redis Cluster: direct (a cluster-aware redis-benchmark) and respmesh in CLUSTER mode.
+        cports = start_cluster(procs)
+        rc_port = free_port()
+        rc = procs.start(pinned(PROXY_CPUS, [args.proxy, "--listen", f"127.0.0.1:{rc_port}", "--upstream",
+                                             f"127.0.0.1:{cports[0]}", "--mode", "cluster", "--admin", "off",
+                                             "--log-level", "warn"]), rc_port)
+        ctargets = [("direct-cluster", cports[0], None, True), ("respmesh-cluster", rc_port, rc.pid, False)]
+        for test in ("get", "set"):
+            for pipeline in (1, 16):
+                n = args.requests * (4 if pipeline > 1 else 1)
+                for name, port, _, cl in ctargets:
+                    redis_benchmark(port, test, 50, pipeline, n // 10, cluster=cl)
+                samples = {name: [] for name, _, _, _ in ctargets}
+                for _ in range(args.runs):
+                    for name, port, pid, cl in ctargets:
+                        c0 = cpu_ns(pid) if pid else 0
+                        rps, p50, p99 = redis_benchmark(port, test, 50, pipeline, n, cluster=cl)
+                        c1 = cpu_ns(pid) if pid else 0
+                        samples[name].append((rps, p50, p99, (c1 - c0) / n / 1000.0 if pid else None))
+                for name in samples:
+                    sm = samples[name]
+                    rows[(test, pipeline, name)] = (
+                        statistics.median(x[0] for x in sm),
+                        statistics.median(x[1] for x in sm),
+                        statistics.median(x[2] for x in sm),
+                        statistics.median(x[3] for x in sm) if sm[0][3] is not None else None,
+                    )
+
         # One client, no pipelining: the latency the proxy adds.
         lat = {}
         for name, port, _ in targets:
@@ -190,7 +261,7 @@ def main():
 
     print()
     layout = (f"proxies pinned to CPU {PROXY_CPUS[0]}, Redis and redis-benchmark to CPU {OTHER_CPUS[0]}"
-              if PROXY_CPUS else "one core shared")
+              if PROXY_CPUS else f"{CORES} cores shared by all")
     print(f"respmesh benchmark ({args.runs} runs each, medians; redis-benchmark -c 50 -d 16; 127.0.0.1; {layout})")
     print()
     hdr = f"{'test':<5} {'P':>3} {'target':<10} {'ops/s':>11} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10} {'CPU vs tw':>9} {'ops vs tw':>9} {'ops vs direct':>13}"
@@ -207,6 +278,19 @@ def main():
                 print(f"{test.upper():<5} {pipeline:>3} {name:<10} {rps:>11,.0f} {p50:>7.3f} {p99:>7.3f} {cpu_s} {cpu_r} "
                       f"{rps / tw_row[0]:8.2f}x {rps / d_row[0]:12.2f}x")
     print()
+    print("Redis Cluster (3 primaries + 3 replicas): direct = redis-benchmark --cluster; respmesh in CLUSTER mode")
+    print()
+    hdr2 = f"{'test':<5} {'P':>3} {'target':<16} {'ops/s':>11} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10} {'CPU vs standalone':>17}"
+    print(hdr2)
+    print("-" * len(hdr2))
+    for test in ("get", "set"):
+        for pipeline in (1, 16):
+            for name in ("direct-cluster", "respmesh-cluster"):
+                rps, p50, p99, cpu = rows[(test, pipeline, name)]
+                cpu_s = f"{cpu:10.2f}" if cpu is not None else f"{'-':>10}"
+                ratio = f"{cpu / rows[(test, pipeline, 'respmesh')][3]:16.2f}x" if cpu is not None else f"{'-':>17}"
+                print(f"{test.upper():<5} {pipeline:>3} {name:<16} {rps:>11,.0f} {p50:>7.3f} {p99:>7.3f} {cpu_s} {ratio}")
+    print()
     print("Targets (respmesh, same run):")
     checks = []
     for test in ("get", "set"):
@@ -215,6 +299,10 @@ def main():
             checks.append((f"CPU/req vs twemproxy, {test.upper()} P{pipeline}", f"{r:.2f}x", f"<= {limit}x", r <= limit))
             t = rows[(test, pipeline, "respmesh")][0] / rows[(test, pipeline, "twemproxy")][0]
             checks.append((f"throughput vs twemproxy, {test.upper()} P{pipeline}", f"{t:.2f}x", ">= 1.00x", t >= 1.0))
+    for test in ("get", "set"):
+        for pipeline in (1, 16):
+            r = rows[(test, pipeline, "respmesh-cluster")][3] / rows[(test, pipeline, "respmesh")][3]
+            checks.append((f"CLUSTER CPU/req vs standalone, {test.upper()} P{pipeline}", f"{r:.2f}x", "<= 1.2x", r <= 1.2))
     added = lat["respmesh"] - lat["direct"]
     checks.append(("added p50 latency, 1 client, P1", f"{added:.0f} us (direct {lat['direct']:.0f}, twemproxy {lat['twemproxy']:.0f}, respmesh {lat['respmesh']:.0f})", "<= 30 us", added <= 30))
     checks.append(("RSS idle", f"{rss_idle / 1024:.1f} MiB (twemproxy {tw_idle / 1024:.1f})", "<= 10 MiB", rss_idle <= 10 * 1024))

@@ -10,6 +10,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::io;
+use std::rc::Rc;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::net::TcpStream;
@@ -199,6 +200,46 @@ impl Client {
 
     pub fn closing(&self) -> bool {
         self.out.borrow().close_after_flush
+    }
+}
+
+/// Writes replies to clients once per scheduler round instead of once per upstream batch:
+/// a client whose pipeline spans several upstreams (cluster nodes) gets one write for the
+/// replies that arrived from all of them.
+pub struct Flusher {
+    dirty: RefCell<Vec<Rc<Client>>>,
+    signal: Signal,
+}
+
+impl Flusher {
+    /// Creates the flusher of the current worker and starts its task.
+    pub fn spawn() -> Rc<Flusher> {
+        let f = Rc::new(Flusher { dirty: RefCell::new(Vec::new()), signal: Signal::new() });
+        tokio::task::spawn_local(f.clone().run());
+        f
+    }
+
+    /// `client` has new output; it is written after the tasks that are ready now have run.
+    pub fn mark(&self, client: &Rc<Client>) {
+        if !client.flush_queued.replace(true) {
+            let mut dirty = self.dirty.borrow_mut();
+            if dirty.is_empty() {
+                self.signal.notify();
+            }
+            dirty.push(client.clone());
+        }
+    }
+
+    async fn run(self: Rc<Self>) {
+        let mut batch = Vec::new();
+        loop {
+            self.signal.wait().await;
+            std::mem::swap(&mut batch, &mut *self.dirty.borrow_mut());
+            for c in batch.drain(..) {
+                c.flush_queued.set(false);
+                c.flush_from_upstream();
+            }
+        }
     }
 }
 

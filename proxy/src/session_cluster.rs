@@ -66,9 +66,9 @@ impl Session {
                     .take_while(|a| !a.eq_ignore_ascii_case(b"STREAMS"))
                     .any(|a| a.eq_ignore_ascii_case(b"BLOCK")) =>
             {
-                self.keyed(frame, cmd)
+                self.keyed(frame, spans, argc, cmd)
             }
-            Special::None => self.keyed(frame, cmd),
+            Special::None => self.keyed(frame, spans, argc, cmd),
             _ => {
                 let name = cmd.info().map_or("this command", |i| i.name);
                 self.not_yet(cmd, name)
@@ -97,11 +97,21 @@ impl Session {
         *self.batch_start.get_or_insert_with(Instant::now)
     }
 
-    fn keyed(&mut self, frame: &[u8], cmd: CommandId) -> Step {
+    fn keyed(&mut self, frame: &[u8], spans: Spans, argc: usize, cmd: CommandId) -> Step {
         let router = match self.topology_ready(cmd) {
             Ok(r) => r,
             Err(step) => return step,
         };
+        // Most commands have exactly one key, the first argument: no need to look further.
+        if let Some(info) = cmd.info()
+            && info.first_key == 1
+            && (info.last_key == 1 || (info.last_key == -1 && argc == 2))
+            && info.flags & crate::command::flags::MOVABLEKEYS == 0
+            && let Some(key) = spans.get(frame, 1)
+        {
+            self.send_to_slot(&router, key_slot(key), frame, cmd);
+            return Step::Done;
+        }
         let all: Vec<&[u8]> = args(frame).collect();
         let positions = match key_positions(cmd, &all) {
             Ok(p) => p,
@@ -170,13 +180,12 @@ impl Session {
     }
 
     fn send_slot(&mut self, router: &Rc<ClusterRouter>, slot: u16, mut req: InFlight, frame: Bytes) {
-        let Some(addr) = router.primary(slot) else {
+        let Some(node) = router.slot_node(slot, self.proto) else {
             router.request_refresh();
             req.answer(format!("-CLUSTERDOWN Hash slot not served (slot {slot})\r\n").as_bytes());
             self.worker.stats.record_local(req.cmd, true);
             return;
         };
-        let node = router.node(&addr, self.proto);
         req.frame = Some(frame.clone());
         node.send_request(req, &frame, false);
     }

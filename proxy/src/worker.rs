@@ -19,12 +19,12 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use crate::client::Client;
+use crate::client::{Client, Flusher};
 use crate::cluster::ClusterRouter;
 use crate::config::{self, ServiceRt};
 use crate::metrics::{Metrics, WorkerStats};
 use crate::session::Session;
-use crate::upstream::{Kind, Spec, Upstream};
+use crate::upstream::{Ctx, Kind, Spec, Upstream};
 
 /// Idle dedicated connections kept per service and protocol for later transactions and
 /// blocking commands.
@@ -38,6 +38,8 @@ pub struct Worker {
     pub config: Arc<config::Shared>,
     pub metrics: Arc<Metrics>,
     pub stats: Arc<WorkerStats>,
+    /// What the worker's upstreams share.
+    pub ctx: Rc<Ctx>,
     /// Shutting down: sessions answer what they were sent, then close.
     pub draining: Cell<bool>,
     /// Open client connections, to wake them when draining starts.
@@ -65,12 +67,7 @@ impl Worker {
             info!(service = %svc.host, "service endpoints or credentials changed: opening a new upstream connection");
             up.retire();
         }
-        let up = Upstream::spawn(
-            Spec::new(svc.clone(), Kind::Shared, proto),
-            self.stats.clone(),
-            self.metrics.clone(),
-            max_depth,
-        );
+        let up = Upstream::spawn(Spec::new(svc.clone(), Kind::Shared, proto), &self.ctx, max_depth);
         shared.insert(key, up.clone());
         up
     }
@@ -87,7 +84,7 @@ impl Worker {
             info!(service = %svc.host, "cluster seeds or credentials changed: rediscovering the topology");
             r.retire();
         }
-        let r = ClusterRouter::spawn(svc.clone(), self.stats.clone(), self.metrics.clone(), max_depth);
+        let r = ClusterRouter::spawn(svc.clone(), self.ctx.clone(), max_depth);
         routers.insert(svc.host.clone(), r.clone());
         r
     }
@@ -95,7 +92,7 @@ impl Worker {
     /// A dedicated connection for the rest of a client's life.
     pub fn new_dedicated(&self, svc: &Arc<ServiceRt>, proto: u8, name: Option<Bytes>, max_depth: u32) -> Rc<Upstream> {
         let spec = Spec { client_name: name, ..Spec::new(svc.clone(), Kind::Dedicated, proto) };
-        Upstream::spawn(spec, self.stats.clone(), self.metrics.clone(), max_depth)
+        Upstream::spawn(spec, &self.ctx, max_depth)
     }
 
     /// A dedicated connection for a transaction or a blocking command, from the pool if one
@@ -190,9 +187,12 @@ struct Bound {
 
 async fn worker_main(setup: WorkerSetup, ready: mpsc::Sender<Result<Vec<SocketAddr>, String>>) {
     let WorkerSetup { id, config, metrics, mut generations, mut shutdown, drain_timeout } = setup;
+    let stats = metrics.worker();
+    let ctx = Rc::new(Ctx { stats: stats.clone(), metrics: metrics.clone(), flusher: Flusher::spawn() });
     let worker = Rc::new(Worker {
         id,
-        stats: metrics.worker(),
+        stats,
+        ctx,
         config,
         metrics,
         draining: Cell::new(false),

@@ -110,12 +110,7 @@ fn redis_down_gives_fast_clear_errors_then_recovers() {
     assert!(start.elapsed() < Duration::from_millis(500));
 
     // Redis comes up: within the backoff (at most 1 s) requests succeed.
-    let dir = tempfile::tempdir().unwrap();
-    let mut redis = std::process::Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--dir", dir.path().to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let _redis = Redis::start_on(port);
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut ok = false;
     while Instant::now() < deadline {
@@ -125,8 +120,6 @@ fn redis_down_gives_fast_clear_errors_then_recovers() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let _ = redis.kill();
-    let _ = redis.wait();
     assert!(ok, "the proxy did not reconnect");
     assert!(proxy.metric(&format!("respmesh_proxy_upstream_connect_failures_total{{service=\"{addr}\"}}")) >= 1.0);
 }

@@ -24,12 +24,11 @@ use tracing::{debug, info, warn};
 
 use crate::client::Client;
 use crate::config::ServiceRt;
-use crate::metrics::{Metrics, WorkerStats};
 use crate::resp::reply::{ReplyScanner, Scan, is_error, simple_text};
 use crate::resp::request::encode_command;
 use crate::resp::value;
 use crate::signal::Signal;
-use crate::upstream::{InFlight, Kind, Redirect, Spec, Upstream};
+use crate::upstream::{Ctx, InFlight, Kind, Redirect, Spec, Upstream};
 use topology::Topology;
 
 /// Periodic topology refresh.
@@ -43,28 +42,29 @@ pub struct ClusterRouter {
     /// Why the last refresh failed, while no topology is known.
     last_error: RefCell<Option<String>>,
     nodes: RefCell<HashMap<(String, u8), Rc<Upstream>>>,
+    /// Per protocol (RESP2, RESP3): the connection to each shard's primary.
+    by_shard: RefCell<[Vec<Option<Rc<Upstream>>>; 2]>,
     refresh: Signal,
     /// Clients waiting for the first topology.
     waiters: RefCell<Vec<Rc<Client>>>,
     retired: Cell<bool>,
-    stats: Arc<WorkerStats>,
-    metrics: Arc<Metrics>,
+    ctx: Rc<Ctx>,
     max_depth: u32,
     me: Weak<ClusterRouter>,
 }
 
 impl ClusterRouter {
-    pub fn spawn(svc: Arc<ServiceRt>, stats: Arc<WorkerStats>, metrics: Arc<Metrics>, max_depth: u32) -> Rc<Self> {
+    pub fn spawn(svc: Arc<ServiceRt>, ctx: Rc<Ctx>, max_depth: u32) -> Rc<Self> {
         let router = Rc::new_cyclic(|me| ClusterRouter {
             svc: RefCell::new(svc),
             topology: RefCell::new(None),
             last_error: RefCell::new(None),
             nodes: RefCell::new(HashMap::new()),
+            by_shard: RefCell::new([Vec::new(), Vec::new()]),
             refresh: Signal::new(),
             waiters: RefCell::new(Vec::new()),
             retired: Cell::new(false),
-            stats,
-            metrics,
+            ctx,
             max_depth,
             me: me.clone(),
         });
@@ -112,6 +112,34 @@ impl ClusterRouter {
         self.topology.borrow().as_ref()?.primary(slot).map(str::to_owned)
     }
 
+    /// The shared connection to the primary serving `slot`, without allocating: connections are
+    /// cached per shard and protocol until the topology changes.
+    #[inline]
+    pub fn slot_node(&self, slot: u16, proto: u8) -> Option<Rc<Upstream>> {
+        let shard = {
+            let topo = self.topology.borrow();
+            let shard = *topo.as_ref()?.slots.get(slot as usize)?;
+            if shard == topology::UNASSIGNED {
+                return None;
+            }
+            shard as usize
+        };
+        let p = usize::from(proto >= 3);
+        if let Some(Some(up)) = self.by_shard.borrow()[p].get(shard)
+            && up.is_usable()
+        {
+            return Some(up.clone());
+        }
+        let addr = self.primary(slot)?;
+        let up = self.node(&addr, proto);
+        let mut cache = self.by_shard.borrow_mut();
+        if cache[p].len() <= shard {
+            cache[p].resize(shard + 1, None);
+        }
+        cache[p][shard] = Some(up.clone());
+        Some(up)
+    }
+
     /// Every primary.
     pub fn primaries(&self) -> Vec<String> {
         self.topology.borrow().as_ref().map(|t| t.primaries().map(str::to_owned).collect()).unwrap_or_default()
@@ -130,7 +158,7 @@ impl ClusterRouter {
             router: Some(self.me.clone()),
             ..Spec::new(self.service(), Kind::Shared, proto)
         };
-        let up = Upstream::spawn(spec, self.stats.clone(), self.metrics.clone(), self.max_depth);
+        let up = Upstream::spawn(spec, &self.ctx, self.max_depth);
         self.nodes.borrow_mut().insert(key, up.clone());
         up
     }
@@ -143,6 +171,7 @@ impl ClusterRouter {
             if let Some(t) = self.topology.borrow_mut().as_mut() {
                 t.moved(redirect.slot, &redirect.addr);
             }
+            *self.by_shard.borrow_mut() = [Vec::new(), Vec::new()];
             self.refresh.notify();
         }
         let Some(frame) = req.frame.clone() else {
@@ -174,6 +203,9 @@ impl ClusterRouter {
                     if changed {
                         info!(service = %self.service().host, from = %from, primaries = topology.shards.len(),
                             nodes = topology.nodes.len(), "cluster topology updated");
+                    }
+                    if changed {
+                        *self.by_shard.borrow_mut() = [Vec::new(), Vec::new()];
                     }
                     *self.topology.borrow_mut() = Some(topology);
                     *self.last_error.borrow_mut() = None;

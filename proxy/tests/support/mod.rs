@@ -59,6 +59,13 @@ impl Redis {
         panic!("redis-server did not start");
     }
 
+    /// Starts redis-server on a given port (one a test reserved earlier).
+    pub fn start_on(port: u16) -> Redis {
+        let mut r = Redis { port, child: None, dir: tempfile::tempdir().unwrap(), args: Vec::new() };
+        assert!(r.spawn(), "redis-server did not start on port {port}");
+        r
+    }
+
     fn spawn(&mut self) -> bool {
         let mut cmd = Command::new(require_tool("redis-server"));
         cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
