@@ -71,13 +71,16 @@ pub struct Session {
     eof: bool,
     authenticated: bool,
     pub(crate) proto: u8,
-    name: Option<Bytes>,
+    pub(crate) name: Option<Bytes>,
     /// The shared upstream for `proto`, cached.
     shared: Option<Rc<Upstream>>,
-    pinned: Option<Rc<Upstream>>,
-    permanent: bool,
-    in_multi: bool,
-    watching: bool,
+    pub(crate) pinned: Option<Rc<Upstream>>,
+    pub(crate) permanent: bool,
+    pub(crate) in_multi: bool,
+    pub(crate) watching: bool,
+    /// CLUSTER mode: MULTI was answered but not sent yet; it goes to the node of the first
+    /// command that follows.
+    pub(crate) multi_pending: bool,
     /// The upstream holding this client's outstanding requests.
     last: Option<Rc<Upstream>>,
     /// CLUSTER mode: the worker's router for this service, cached.
@@ -110,6 +113,7 @@ impl Session {
             permanent: false,
             in_multi: false,
             watching: false,
+            multi_pending: false,
             last: None,
             router: None,
             scratch: BytesMut::new(),
@@ -445,18 +449,19 @@ impl Session {
         Ok(target)
     }
 
-    fn drain(&self) -> Step {
+    pub(crate) fn drain(&self) -> Step {
         self.client.waiting_drain.set(true);
         Step::Drain
     }
 
-    fn unpin(&mut self) {
+    pub(crate) fn unpin(&mut self) {
         if let Some(p) = self.pinned.take() {
             p.retire();
         }
         self.permanent = false;
         self.in_multi = false;
         self.watching = false;
+        self.multi_pending = false;
         self.last = None;
     }
 
@@ -469,7 +474,7 @@ impl Session {
         Step::Done
     }
 
-    fn send(&mut self, target: &Rc<Upstream>, frame: &[u8], cmd: CommandId, timed: bool) {
+    pub(crate) fn send(&mut self, target: &Rc<Upstream>, frame: &[u8], cmd: CommandId, timed: bool) {
         // One clock read per batch of commands: latency is measured from when it was read.
         let now = *self.batch_start.get_or_insert_with(Instant::now);
         match target.send(&self.client, frame, cmd, timed, now) {

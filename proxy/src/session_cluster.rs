@@ -16,7 +16,7 @@ use crate::command::keys::key_positions;
 use crate::command::{CommandId, Special};
 use crate::resp::request::{Spans, args, encode_command};
 use crate::session::{Session, Step};
-use crate::upstream::InFlight;
+use crate::upstream::{InFlight, Kind, Spec, Upstream};
 
 const CROSSSLOT: &[u8] = b"-CROSSSLOT Keys in request don't hash to the same slot\r\n";
 const SELECT_IN_CLUSTER: &[u8] = b"-ERR SELECT is not allowed in cluster mode\r\n";
@@ -47,8 +47,14 @@ impl Session {
         special: Special,
     ) -> Option<Step> {
         let arg = |i: usize| spans.get(frame, i).unwrap_or_default();
+        if matches!(special, Special::Auth | Special::Hello | Special::Quit | Special::Reset) {
+            return None;
+        }
+        if let Some(step) = self.settle_pin() {
+            return Some(step);
+        }
+        let in_tx = self.in_multi || self.watching || self.multi_pending;
         Some(match special {
-            Special::Auth | Special::Hello | Special::Quit | Special::Reset => return None,
             Special::Select if argc == 2 && arg(1) == b"0" => return None,
             Special::Select => self.reply_local(cmd, SELECT_IN_CLUSTER),
             Special::Client => {
@@ -60,13 +66,56 @@ impl Session {
                     _ => self.keyless(frame, cmd),
                 }
             }
-            Special::MaybeBlocking
-                if !args(frame)
+            Special::Multi => self.cluster_multi(frame, cmd),
+            Special::Exec | Special::Discard => self.cluster_exec(frame, cmd, special),
+            Special::Watch => self.cluster_watch(frame, spans, argc, cmd),
+            Special::Unwatch => match self.pinned.clone() {
+                Some(p) => {
+                    self.send(&p, frame, cmd, true);
+                    if !self.in_multi {
+                        self.watching = false;
+                    }
+                    Step::Done
+                }
+                None => self.reply_local(cmd, crate::replies::OK),
+            },
+            // Classic pub/sub is broadcast over the whole cluster: any primary will do.
+            Special::Subscribe if cmd.info().is_none_or(|i| i.name != "SSUBSCRIBE") => match self.pinned.clone() {
+                Some(p) if self.permanent => {
+                    self.send(&p, frame, cmd, false);
+                    Step::Done
+                }
+                _ => self.send_dedicated_node(frame, cmd, None, true, true),
+            },
+            // Sharded pub/sub lives on the node of the channel's slot.
+            Special::Subscribe => match self.command_slot(frame, spans, argc, cmd) {
+                Ok(slot) => match self.pinned.clone() {
+                    Some(p) if self.permanent => {
+                        self.send(&p, frame, cmd, false);
+                        Step::Done
+                    }
+                    _ => self.send_dedicated_node(frame, cmd, slot, true, true),
+                },
+                Err(step) => step,
+            },
+            _ if in_tx => self.in_transaction(frame, spans, argc, cmd),
+            Special::Blocking => self.cluster_blocking(frame, spans, argc, cmd),
+            Special::MaybeBlocking => {
+                let blocks = args(frame)
                     .skip(1)
                     .take_while(|a| !a.eq_ignore_ascii_case(b"STREAMS"))
-                    .any(|a| a.eq_ignore_ascii_case(b"BLOCK")) =>
-            {
-                self.keyed(frame, spans, argc, cmd)
+                    .any(|a| a.eq_ignore_ascii_case(b"BLOCK"));
+                if blocks {
+                    self.cluster_blocking(frame, spans, argc, cmd)
+                } else {
+                    self.keyed(frame, spans, argc, cmd)
+                }
+            }
+            Special::None if self.permanent && self.pinned.is_some() => {
+                // A subscriber (RESP3 lets it run commands): its connection carries them.
+                let p = self.pinned.clone().expect("checked");
+                self.send(&p, frame, cmd, true);
+                Step::Done
             }
             Special::None => self.keyed(frame, spans, argc, cmd),
             _ => {
@@ -74,6 +123,226 @@ impl Session {
                 self.not_yet(cmd, name)
             }
         })
+    }
+
+    /// Lets go of a dedicated connection whose work is done (a blocking command answered);
+    /// makes the next command wait while one is still at work.
+    fn settle_pin(&mut self) -> Option<Step> {
+        let p = self.pinned.clone()?;
+        if !p.is_usable() {
+            if p.lost_state() {
+                self.client.close_after_flush();
+                return Some(Step::Close);
+            }
+            self.unpin();
+            return None;
+        }
+        if self.permanent || self.in_multi || self.watching {
+            return None;
+        }
+        if self.client.outstanding() > 0 {
+            // A blocking command is in flight: what follows it runs after it, as on Redis.
+            return Some(self.drain());
+        }
+        self.unpin();
+        None
+    }
+
+    /// The one slot of a command's keys: `Ok(None)` for a command without keys, `Err` (the
+    /// step taken) for keys of several slots or keys that cannot be found.
+    fn command_slot(&mut self, frame: &[u8], spans: Spans, argc: usize, cmd: CommandId) -> Result<Option<u16>, Step> {
+        if let Some(info) = cmd.info()
+            && info.first_key == 1
+            && info.last_key == 1
+            && let Some(key) = spans.get(frame, 1)
+        {
+            return Ok(Some(key_slot(key)));
+        }
+        let _ = argc;
+        let all: Vec<&[u8]> = args(frame).collect();
+        let positions = match key_positions(cmd, &all) {
+            Ok(p) => p,
+            Err(why) => {
+                let reply = format!("-ERR respmesh: {why}\r\n");
+                return Err(self.reply_local(cmd, reply.as_bytes()));
+            }
+        };
+        let Some(&first) = positions.first() else { return Ok(None) };
+        let slot = key_slot(all[first]);
+        if positions.iter().any(|&i| key_slot(all[i]) != slot) {
+            return Err(self.reply_local(cmd, CROSSSLOT));
+        }
+        Ok(Some(slot))
+    }
+
+    /// Opens a connection of the client's own to the node of `slot` (any primary for `None`)
+    /// and sends the command there.
+    fn send_dedicated_node(
+        &mut self,
+        frame: &[u8],
+        cmd: CommandId,
+        slot: Option<u16>,
+        permanent: bool,
+        raw: bool,
+    ) -> Step {
+        let router = match self.topology_ready(cmd) {
+            Ok(r) => r,
+            Err(step) => return step,
+        };
+        if self.client.outstanding() > 0 {
+            return self.drain();
+        }
+        let addr = match slot {
+            Some(slot) => router.primary(slot),
+            None => router.primaries().into_iter().next(),
+        };
+        let Some(addr) = addr else {
+            return self.reply_local(cmd, b"-CLUSTERDOWN Hash slot not served\r\n");
+        };
+        let up = self.open_dedicated(&addr, permanent);
+        if raw {
+            up.set_raw(self.client.clone());
+        }
+        self.send(&up, frame, cmd, !raw && permanent);
+        Step::Done
+    }
+
+    fn open_dedicated(&mut self, addr: &str, permanent: bool) -> Rc<Upstream> {
+        if let Some(old) = self.pinned.take() {
+            old.retire();
+        }
+        let spec = Spec {
+            endpoint: Some(addr.to_owned()),
+            client_name: self.name.clone(),
+            ..Spec::new(self.svc.clone(), Kind::Dedicated, self.proto)
+        };
+        let up = Upstream::spawn(spec, &self.worker.ctx, self.limits.max_nesting_depth);
+        self.pinned = Some(up.clone());
+        self.permanent = permanent;
+        up
+    }
+
+    /// A blocking command runs on a connection of its own to its keys' node, so that it
+    /// blocks nobody else.
+    fn cluster_blocking(&mut self, frame: &[u8], spans: Spans, argc: usize, cmd: CommandId) -> Step {
+        if cmd.special() == Special::Wait {
+            return self.not_yet(cmd, "WAIT");
+        }
+        match self.command_slot(frame, spans, argc, cmd) {
+            Ok(Some(slot)) => self.send_dedicated_node(frame, cmd, Some(slot), false, false),
+            Ok(None) => self.not_yet(cmd, cmd.info().map_or("this command", |i| i.name)),
+            Err(step) => step,
+        }
+    }
+
+    /// MULTI is answered at once; the transaction goes to the node of the first command that
+    /// follows it (all its keys must live there, as in any Redis Cluster).
+    fn cluster_multi(&mut self, frame: &[u8], cmd: CommandId) -> Step {
+        if self.in_multi {
+            let p = self.pinned.clone().expect("in a transaction");
+            self.send(&p, frame, cmd, true);
+            return Step::Done;
+        }
+        if self.multi_pending {
+            return self.reply_local(cmd, b"-ERR MULTI calls can not be nested\r\n");
+        }
+        if let Some(p) = self.pinned.clone()
+            && self.watching
+        {
+            self.send(&p, frame, cmd, true);
+            self.in_multi = true;
+            return Step::Done;
+        }
+        if self.client.outstanding() > 0 {
+            return self.drain();
+        }
+        self.multi_pending = true;
+        self.reply_local(cmd, crate::replies::OK)
+    }
+
+    fn cluster_exec(&mut self, frame: &[u8], cmd: CommandId, special: Special) -> Step {
+        let exec = special == Special::Exec;
+        if self.multi_pending {
+            // Nothing was queued: the answer of an empty transaction.
+            self.multi_pending = false;
+            self.watching = false;
+            if let Some(p) = self.pinned.take() {
+                p.retire();
+            }
+            return self.reply_local(cmd, if exec { b"*0\r\n" } else { crate::replies::OK });
+        }
+        match self.pinned.clone() {
+            Some(p) if self.in_multi || self.watching => {
+                self.send(&p, frame, cmd, true);
+                self.in_multi = false;
+                self.watching = false;
+                Step::Done
+            }
+            _ => self.reply_local(
+                cmd,
+                if exec { b"-ERR EXEC without MULTI\r\n" } else { b"-ERR DISCARD without MULTI\r\n" },
+            ),
+        }
+    }
+
+    fn cluster_watch(&mut self, frame: &[u8], spans: Spans, argc: usize, cmd: CommandId) -> Step {
+        if self.in_multi || self.multi_pending {
+            return self.reply_local(cmd, b"-ERR WATCH inside MULTI is not allowed\r\n");
+        }
+        let slot = match self.command_slot(frame, spans, argc, cmd) {
+            Ok(slot) => slot,
+            Err(step) => return step,
+        };
+        if let Some(p) = self.pinned.clone()
+            && self.watching
+        {
+            self.send(&p, frame, cmd, true);
+            return Step::Done;
+        }
+        let step = self.send_dedicated_node(frame, cmd, slot, false, false);
+        if matches!(step, Step::Done) && self.pinned.is_some() {
+            self.watching = true;
+        }
+        step
+    }
+
+    /// A command between MULTI and EXEC: the first one chooses the node.
+    fn in_transaction(&mut self, frame: &[u8], spans: Spans, argc: usize, cmd: CommandId) -> Step {
+        if !self.multi_pending {
+            let p = self.pinned.clone().expect("in a transaction");
+            self.send(&p, frame, cmd, true);
+            return Step::Done;
+        }
+        let slot = match self.command_slot(frame, spans, argc, cmd) {
+            Ok(slot) => slot,
+            Err(step) => return step,
+        };
+        let step = match self.pinned.clone() {
+            // WATCH chose the node already.
+            Some(_) => Step::Done,
+            None => {
+                let router = match self.topology_ready(cmd) {
+                    Ok(r) => r,
+                    Err(step) => return step,
+                };
+                let addr = match slot {
+                    Some(slot) => router.primary(slot),
+                    None => router.primaries().into_iter().next(),
+                };
+                let Some(addr) = addr else {
+                    return self.reply_local(cmd, b"-CLUSTERDOWN Hash slot not served\r\n");
+                };
+                self.open_dedicated(&addr, false);
+                Step::Done
+            }
+        };
+        let p = self.pinned.clone().expect("opened");
+        let now = self.now();
+        p.send_internal(&self.client, b"*1\r\n$5\r\nMULTI\r\n", now);
+        self.multi_pending = false;
+        self.in_multi = true;
+        self.send(&p, frame, cmd, true);
+        step
     }
 
     /// Makes sure the topology is known; `Err` is the step to take meanwhile.

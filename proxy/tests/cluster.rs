@@ -221,3 +221,75 @@ services:
     let last = acknowledged.last().unwrap();
     assert_eq!(c.cmd(&["GET", "foo"]), format!("${}\r\nv{last}\r\n", format!("v{last}").len()));
 }
+
+#[test]
+fn a_blocked_client_waits_on_its_keys_node_without_blocking_others() {
+    let cluster = Cluster::start();
+    let proxy = proxy_for(&cluster);
+    let mut blocked = proxy.conn();
+    blocked.send(&["BLPOP", "jobs", "0"]);
+    std::thread::sleep(Duration::from_millis(100));
+    let mut other = proxy.conn();
+    for i in 0..50 {
+        assert_eq!(other.cmd(&["SET", &format!("k{i}"), "v"]), "+OK\r\n");
+    }
+    assert_eq!(other.cmd(&["RPUSH", "jobs", "j1"]), ":1\r\n");
+    assert_eq!(String::from_utf8_lossy(&blocked.read_reply()), "*2\r\n$4\r\njobs\r\n$2\r\nj1\r\n");
+    // Pipelined after a blocking command, a command runs after it.
+    blocked.send(&["BLPOP", "jobs2", "0.2"]);
+    blocked.send(&["GET", "k1"]);
+    assert_eq!(blocked.read_reply(), b"*-1\r\n");
+    assert_eq!(blocked.read_reply(), b"$1\r\nv\r\n");
+    assert_eq!(blocked.cmd(&["BLPOP", "a", "b", "0"]), "-CROSSSLOT Keys in request don't hash to the same slot\r\n");
+}
+
+#[test]
+fn transactions_run_on_the_node_of_their_keys() {
+    let cluster = Cluster::start();
+    let proxy = proxy_for(&cluster);
+    let mut c = proxy.conn();
+    assert_eq!(c.cmd(&["MULTI"]), "+OK\r\n");
+    assert_eq!(c.cmd(&["SET", "{acct}:a", "10"]), "+QUEUED\r\n");
+    assert_eq!(c.cmd(&["INCRBY", "{acct}:a", "5"]), "+QUEUED\r\n");
+    assert_eq!(c.cmd(&["SET", "{acct}:b", "x"]), "+QUEUED\r\n");
+    assert_eq!(c.cmd(&["EXEC"]), "*3\r\n+OK\r\n:15\r\n+OK\r\n");
+    assert_eq!(c.cmd(&["MULTI"]), "+OK\r\n");
+    assert_eq!(c.cmd(&["EXEC"]), "*0\r\n", "an empty transaction");
+    assert_eq!(c.cmd(&["EXEC"]), "-ERR EXEC without MULTI\r\n");
+    assert_eq!(c.cmd(&["MULTI"]), "+OK\r\n");
+    assert_eq!(c.cmd(&["INCR", "{acct}:a"]), "+QUEUED\r\n");
+    assert_eq!(c.cmd(&["DISCARD"]), "+OK\r\n");
+    assert_eq!(c.cmd(&["GET", "{acct}:a"]), "$2\r\n15\r\n");
+
+    // WATCH: another client's write aborts the transaction.
+    let mut other = proxy.conn();
+    assert_eq!(c.cmd(&["WATCH", "{acct}:a"]), "+OK\r\n");
+    assert_eq!(other.cmd(&["SET", "{acct}:a", "99"]), "+OK\r\n");
+    assert_eq!(c.cmd(&["MULTI"]), "+OK\r\n");
+    assert_eq!(c.cmd(&["SET", "{acct}:a", "0"]), "+QUEUED\r\n");
+    assert_eq!(c.cmd(&["EXEC"]), "*-1\r\n");
+    assert_eq!(c.cmd(&["GET", "{acct}:a"]), "$2\r\n99\r\n");
+}
+
+#[test]
+fn pubsub_and_sharded_pubsub_reach_subscribers() {
+    let cluster = Cluster::start();
+    let proxy = proxy_for(&cluster);
+    let mut sub = proxy.conn();
+    sub.send(&["SUBSCRIBE", "news"]);
+    assert_eq!(String::from_utf8_lossy(&sub.read_reply()), "*3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n");
+    let mut publisher = proxy.conn();
+    // Published through whichever node: the cluster broadcasts it.
+    for i in 0..3 {
+        publisher.cmd(&["PUBLISH", "news", &format!("m{i}")]);
+        assert_eq!(
+            String::from_utf8_lossy(&sub.read_reply()),
+            format!("*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$2\r\nm{i}\r\n")
+        );
+    }
+    let mut ssub = proxy.conn();
+    ssub.send(&["SSUBSCRIBE", "orders"]);
+    assert_eq!(String::from_utf8_lossy(&ssub.read_reply()), "*3\r\n$10\r\nssubscribe\r\n$6\r\norders\r\n:1\r\n");
+    assert_eq!(publisher.cmd(&["SPUBLISH", "orders", "o1"]), ":1\r\n");
+    assert_eq!(String::from_utf8_lossy(&ssub.read_reply()), "*3\r\n$8\r\nsmessage\r\n$6\r\norders\r\n$2\r\no1\r\n");
+}
