@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::time::Instant;
 
 use crate::cluster::ClusterRouter;
-use crate::cluster::merge::{Combine, Merge};
+use crate::cluster::merge::{Combine, Merge, SCAN_NODE_BITS};
 use crate::cluster::slot::key_slot;
 use crate::command::keys::key_positions;
 use crate::command::{CommandId, Special};
@@ -459,6 +459,33 @@ impl Session {
         node.send_request(req, &frame, false);
     }
 
+    /// SCAN over the whole cluster: the cursor names a primary (low bits) and that node's own
+    /// cursor; when a node is done, the cursor moves on to the next primary.
+    fn cluster_scan(&mut self, router: &Rc<ClusterRouter>, frame: &[u8], cmd: CommandId) -> Step {
+        let all: Vec<&[u8]> = args(frame).collect();
+        let Some(cursor) = all.get(1).and_then(|c| std::str::from_utf8(c).ok()).and_then(|c| c.parse::<u64>().ok())
+        else {
+            return self.reply_local(cmd, b"-ERR invalid cursor\r\n");
+        };
+        let mut primaries = router.primaries();
+        primaries.sort();
+        let node = cursor & ((1 << SCAN_NODE_BITS) - 1);
+        let Some(addr) = primaries.get(node as usize) else {
+            return self.reply_local(cmd, b"-ERR invalid cursor\r\n");
+        };
+        let node_cursor = (cursor >> SCAN_NODE_BITS).to_string();
+        let mut sub: Vec<&[u8]> = all.clone();
+        sub[1] = node_cursor.as_bytes();
+        let mut buf = BytesMut::new();
+        encode_command(&mut buf, &sub);
+        let seq = self.client.issue();
+        let merge = Merge::new(self.client.clone(), seq, Combine::Scan { node, nodes: primaries.len() as u64 }, 1);
+        let mut req = InFlight::new(self.client.clone(), seq, cmd, self.now(), true);
+        req.merge = Some((merge, 0));
+        router.node(addr, self.proto).send_request(req, &buf, false);
+        Step::Done
+    }
+
     /// Commands without keys: whole-keyspace ones go to every primary and their replies are
     /// combined; the rest go to any primary.
     fn keyless(&mut self, frame: &[u8], cmd: CommandId) -> Step {
@@ -473,7 +500,7 @@ impl Session {
             ("KEYS", _) => Some(Combine::Concat),
             ("FLUSHDB" | "FLUSHALL", _) => Some(Combine::Same),
             ("SCRIPT", b"LOAD" | b"FLUSH") => Some(Combine::Same),
-            ("SCAN", _) => return self.not_yet(cmd, "SCAN"),
+            ("SCAN", _) => return self.cluster_scan(&router, frame, cmd),
             _ => None,
         };
         let primaries = router.primaries();

@@ -293,3 +293,40 @@ fn pubsub_and_sharded_pubsub_reach_subscribers() {
     assert_eq!(publisher.cmd(&["SPUBLISH", "orders", "o1"]), ":1\r\n");
     assert_eq!(String::from_utf8_lossy(&ssub.read_reply()), "*3\r\n$8\r\nsmessage\r\n$6\r\norders\r\n$2\r\no1\r\n");
 }
+
+#[test]
+fn scan_walks_every_primary_with_one_cursor() {
+    let cluster = Cluster::start();
+    let proxy = proxy_for(&cluster);
+    let mut c = proxy.conn();
+    let mut batch = Vec::new();
+    for i in 0..300 {
+        batch.extend(support::Conn::encode(&[b"SET", format!("scan:{i}").as_bytes(), b"v"]));
+    }
+    c.send_raw(&batch);
+    for _ in 0..300 {
+        c.read_reply();
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut cursor = "0".to_owned();
+    let mut rounds = 0;
+    loop {
+        let reply = c.cmd(&["SCAN", &cursor, "MATCH", "scan:*", "COUNT", "50"]);
+        let lines: Vec<&str> = reply.split("\r\n").collect();
+        cursor = lines[2].to_owned();
+        for pair in lines[4..].chunks(2) {
+            if let [_, key] = pair
+                && !key.is_empty()
+            {
+                seen.insert(key.to_string());
+            }
+        }
+        rounds += 1;
+        assert!(rounds < 1000, "SCAN does not end");
+        if cursor == "0" {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 300, "every key once at least");
+    assert_eq!(c.cmd(&["SCAN", "abc"]), "-ERR invalid cursor\r\n");
+}

@@ -24,7 +24,12 @@ pub enum Combine {
     Sum,
     /// KEYS: arrays concatenated.
     Concat,
+    /// SCAN on primary `node` of `nodes`: the node's cursor becomes a cluster-wide one.
+    Scan { node: u64, nodes: u64 },
 }
+
+/// Bits of a cluster SCAN cursor that name the primary; the node's own cursor is above them.
+pub const SCAN_NODE_BITS: u32 = 10;
 
 pub struct Merge {
     client: Rc<Client>,
@@ -84,6 +89,28 @@ fn combine(how: &Combine, parts: &[Option<Bytes>]) -> Vec<u8> {
             }
             let mut out = format!("*{count}\r\n").into_bytes();
             out.extend_from_slice(&body);
+            out
+        }
+        Combine::Scan { node, nodes } => {
+            let Some(elements) = split_array(parts[0]) else { return unexpected("SCAN") };
+            let cursor = match elements.first().and_then(|c| c.strip_prefix(b"$")) {
+                Some(rest) => {
+                    let Some(cr) = find_crlf(rest, 0) else { return unexpected("SCAN") };
+                    std::str::from_utf8(&rest[cr + 2..rest.len() - 2]).ok().and_then(|c| c.parse::<u64>().ok())
+                }
+                None => None,
+            };
+            let (Some(cursor), 2) = (cursor, elements.len()) else { return unexpected("SCAN") };
+            let next = if cursor != 0 {
+                (cursor << SCAN_NODE_BITS) | node
+            } else if node + 1 < *nodes {
+                node + 1
+            } else {
+                0
+            };
+            let text = next.to_string();
+            let mut out = format!("*2\r\n${}\r\n{text}\r\n", text.len()).into_bytes();
+            out.extend_from_slice(elements[1]);
             out
         }
         Combine::Mget { keys, positions } => {
@@ -160,6 +187,18 @@ mod tests {
             "*2\r\n$1\r\na\r\n$1\r\nb\r\n"
         );
         assert_eq!(run(Combine::Same, &[b"+OK\r\n", b"+OK\r\n"]), "+OK\r\n");
+    }
+
+    #[test]
+    fn scan_cursors_carry_the_node() {
+        let keys = b"*2\r\n$2\r\n17\r\n*1\r\n$1\r\nk\r\n";
+        assert_eq!(
+            run(Combine::Scan { node: 1, nodes: 3 }, &[keys]),
+            format!("*2\r\n$5\r\n{}\r\n*1\r\n$1\r\nk\r\n", (17 << 10) | 1)
+        );
+        let done = b"*2\r\n$1\r\n0\r\n*0\r\n";
+        assert_eq!(run(Combine::Scan { node: 1, nodes: 3 }, &[done]), "*2\r\n$1\r\n2\r\n*0\r\n", "next node");
+        assert_eq!(run(Combine::Scan { node: 2, nodes: 3 }, &[done]), "*2\r\n$1\r\n0\r\n*0\r\n", "all done");
     }
 
     #[test]
