@@ -81,6 +81,26 @@ pub struct Service {
     /// CLUSTER mode settings.
     #[serde(default)]
     pub cluster: ClusterSettings,
+    /// Where read-only commands go in CLUSTER mode. Writes always go to primaries.
+    #[serde(default)]
+    pub read_policy: ReadPolicy,
+}
+
+/// Which nodes serve read-only commands (Aeraki's `readPolicy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ReadPolicy {
+    /// Only primaries.
+    #[default]
+    Master,
+    /// The primary; its replicas when the primary is unavailable.
+    PreferMaster,
+    /// Only replicas (reads may be stale).
+    Replica,
+    /// Replicas; the primary when no replica is available.
+    PreferReplica,
+    /// Any node of the shard.
+    Any,
 }
 
 /// How the proxy follows a Redis Cluster's topology.

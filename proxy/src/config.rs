@@ -40,6 +40,7 @@ pub struct ServiceRt {
     /// PROXY: the Redis to use. CLUSTER: the nodes asked for the topology at first.
     pub endpoints: Vec<String>,
     pub refresh_interval: Duration,
+    pub read_policy: respmesh_api::proxy::ReadPolicy,
     pub auth: Option<Creds>,
     pub client_auth: Option<Creds>,
     pub op_timeout: Duration,
@@ -93,6 +94,7 @@ impl Runtime {
                 mode: svc.mode,
                 endpoints,
                 refresh_interval: svc.cluster.refresh_interval.get(),
+                read_policy: svc.read_policy,
                 auth: read(&svc.auth, "auth")?,
                 client_auth: read(&svc.client_auth, "clientAuth")?,
                 op_timeout: svc.op_timeout.get(),
@@ -196,6 +198,7 @@ mod tests {
             op_timeout: respmesh_api::Duration::from_secs(1),
             connect_timeout: respmesh_api::Duration::from_secs(1),
             cluster: Default::default(),
+            read_policy: Default::default(),
         });
         let err = format!("{:#}", Runtime::build(cfg, 1).unwrap_err());
         assert!(err.contains("service svc: auth: cannot read /nonexistent/pw"), "{err}");

@@ -126,6 +126,7 @@ fn one_liner(args: &Args, upstream: &str) -> ProxyConfig {
         op_timeout: respmesh_api::Duration::from_secs(5),
         connect_timeout: respmesh_api::Duration::from_secs(1),
         cluster: Default::default(),
+        read_policy: Default::default(),
     });
     cfg.listeners.push(Listener { address: args.listen.to_string(), service: upstream.to_owned() });
     cfg

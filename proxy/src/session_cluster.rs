@@ -449,7 +449,12 @@ impl Session {
     }
 
     fn send_slot(&mut self, router: &Rc<ClusterRouter>, slot: u16, mut req: InFlight, frame: Bytes) {
-        let Some(node) = router.slot_node(slot, self.proto) else {
+        let read = req.cmd.has_flag(crate::command::flags::READONLY) && !req.cmd.has_flag(crate::command::flags::WRITE);
+        let node = match read.then(|| router.read_node(slot, self.proto)).flatten() {
+            Some(replica) => Some(replica),
+            None => router.slot_node(slot, self.proto),
+        };
+        let Some(node) = node else {
             router.request_refresh();
             req.answer(format!("-CLUSTERDOWN Hash slot not served (slot {slot})\r\n").as_bytes());
             self.worker.stats.record_local(req.cmd, true);

@@ -146,11 +146,13 @@ pub struct Spec {
     pub client_name: Option<Bytes>,
     /// For cluster nodes: where MOVED and ASK replies go.
     pub router: Option<Weak<ClusterRouter>>,
+    /// For cluster replicas: send READONLY on connect.
+    pub readonly: bool,
 }
 
 impl Spec {
     pub fn new(svc: Arc<ServiceRt>, kind: Kind, proto: u8) -> Spec {
-        Spec { svc, endpoint: None, kind, proto, client_name: None, router: None }
+        Spec { svc, endpoint: None, kind, proto, client_name: None, router: None, readonly: false }
     }
 }
 
@@ -166,6 +168,7 @@ pub struct Upstream {
     svc: RefCell<Arc<ServiceRt>>,
     endpoint: String,
     router: Option<Weak<ClusterRouter>>,
+    readonly: bool,
     pub kind: Kind,
     proto: u8,
     /// For dedicated upstreams: the client's name, set on connect.
@@ -194,6 +197,7 @@ impl Upstream {
             proto: spec.proto,
             client_name: spec.client_name,
             router: spec.router,
+            readonly: spec.readonly,
             inner: RefCell::new(Inner {
                 state: State::Connecting,
                 wbuf: BytesMut::new(),
@@ -352,6 +356,15 @@ impl Upstream {
         matches!(self.inner.borrow().state, State::Dead { was_connected: true, .. })
     }
 
+    /// Connected, connecting, or due to retry: not failing requests at once.
+    pub fn is_available(&self) -> bool {
+        match &self.inner.borrow().state {
+            State::Ready | State::Connecting => true,
+            State::Down { until, .. } => Instant::now() >= *until,
+            State::Dead { .. } => false,
+        }
+    }
+
     pub fn is_ready(&self) -> bool {
         matches!(self.inner.borrow().state, State::Ready)
     }
@@ -499,6 +512,11 @@ impl Upstream {
         if let Some(name) = &self.client_name {
             encode_command(&mut hello, &[&b"CLIENT"[..], b"SETNAME", name]);
             expected.push("CLIENT SETNAME");
+        }
+        if self.readonly {
+            // A cluster replica serves reads only after READONLY.
+            encode_command(&mut hello, &[&b"READONLY"[..]]);
+            expected.push("READONLY");
         }
         if expected.is_empty() {
             return Ok(stream);

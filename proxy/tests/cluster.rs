@@ -330,3 +330,59 @@ fn scan_walks_every_primary_with_one_cursor() {
     assert_eq!(seen.len(), 300, "every key once at least");
     assert_eq!(c.cmd(&["SCAN", "abc"]), "-ERR invalid cursor\r\n");
 }
+
+#[test]
+fn read_policy_replica_sends_reads_to_replicas_and_writes_to_primaries() {
+    let cluster = Cluster::start();
+    cluster.wait_replicas_online(1, Duration::from_secs(20));
+    let yaml = format!(
+        r#"apiVersion: proxy.respmesh.io/v1alpha1
+kind: ProxyConfig
+listeners: [{{address: "127.0.0.1:0", service: redis-cluster}}]
+services:
+  - host: redis-cluster
+    mode: CLUSTER
+    endpoints: {:?}
+    readPolicy: REPLICA
+    cluster: {{refreshInterval: 500ms}}
+"#,
+        cluster.addrs()
+    );
+    let proxy = Proxy::start_config(&yaml);
+    let mut c = proxy.conn();
+    // The topology must list the replicas: wait for a refresh that sees them.
+    let primary = cluster.primary_for(slot_of(&cluster, "k"));
+    let primary_id = primary.conn().cmd(&["CLUSTER", "MYID"]).lines().nth(1).unwrap().to_owned();
+    let replicas = primary.conn().cmd(&["CLUSTER", "REPLICAS", &primary_id]);
+    let replica_port: u16 = replicas.split([' ', ':', '@']).nth(2).and_then(|p| p.parse().ok()).expect("a replica");
+    let replica = cluster.nodes.iter().find(|n| n.port == replica_port).unwrap();
+    assert_eq!(c.cmd(&["SET", "k", "v1"]), "+OK\r\n");
+    let calls = |n: &support::Redis, cmd: &str| -> u64 {
+        let stats = n.conn().cmd(&["INFO", "commandstats"]);
+        stats
+            .lines()
+            .find(|l| l.starts_with(&format!("cmdstat_{cmd}:")))
+            .and_then(|l| l.split("calls=").nth(1))
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = c.cmd(&["GET", "k"]);
+        if got == "$2\r\nv1\r\n" && calls(replica, "get") > 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "reads never reached the replica: {got}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (replica_before, primary_before) = (calls(replica, "get"), calls(primary, "get"));
+    let sets_before = calls(primary, "set");
+    for _ in 0..20 {
+        assert_eq!(c.cmd(&["GET", "k"]), "$2\r\nv1\r\n");
+    }
+    assert_eq!(c.cmd(&["SET", "k", "v2"]), "+OK\r\n");
+    assert!(calls(replica, "get") >= replica_before + 20, "reads go to the replica");
+    assert_eq!(calls(primary, "get"), primary_before, "no read reached the primary");
+    assert_eq!(calls(primary, "set"), sets_before + 1, "writes go to the primary");
+}

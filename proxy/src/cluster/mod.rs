@@ -29,6 +29,7 @@ use crate::resp::request::encode_command;
 use crate::resp::value;
 use crate::signal::Signal;
 use crate::upstream::{Ctx, InFlight, Kind, Redirect, Spec, Upstream};
+use respmesh_api::proxy::ReadPolicy;
 use topology::Topology;
 
 /// Periodic topology refresh.
@@ -147,7 +148,12 @@ impl ClusterRouter {
 
     /// The shared connection to a node.
     pub fn node(&self, addr: &str, proto: u8) -> Rc<Upstream> {
-        let key = (addr.to_owned(), proto);
+        self.node_as(addr, proto, false)
+    }
+
+    /// The shared connection to a node, in READONLY mode for `readonly` (replicas).
+    fn node_as(&self, addr: &str, proto: u8, readonly: bool) -> Rc<Upstream> {
+        let key = (addr.to_owned(), proto + if readonly { 10 } else { 0 });
         if let Some(up) = self.nodes.borrow().get(&key)
             && up.is_usable()
         {
@@ -156,11 +162,54 @@ impl ClusterRouter {
         let spec = Spec {
             endpoint: Some(addr.to_owned()),
             router: Some(self.me.clone()),
+            readonly,
             ..Spec::new(self.service(), Kind::Shared, proto)
         };
         let up = Upstream::spawn(spec, &self.ctx, self.max_depth);
         self.nodes.borrow_mut().insert(key, up.clone());
         up
+    }
+
+    /// Where a read-only command for `slot` goes under the service's read policy; `None`
+    /// means the primary (the caller's fast path).
+    pub fn read_node(&self, slot: u16, proto: u8) -> Option<Rc<Upstream>> {
+        let policy = self.svc.borrow().read_policy;
+        if policy == ReadPolicy::Master {
+            return None;
+        }
+        let (primary, replicas) = {
+            let topo = self.topology.borrow();
+            let t = topo.as_ref()?;
+            let shard = t.shards.get(*t.slots.get(slot as usize)? as usize)?;
+            let replicas: Vec<String> = shard.replicas.iter().map(|&r| t.nodes[r].clone()).collect();
+            (t.nodes[shard.primary].clone(), replicas)
+        };
+        let replica = || {
+            let healthy: Vec<Rc<Upstream>> =
+                replicas.iter().map(|r| self.node_as(r, proto, true)).filter(|u| u.is_available()).collect();
+            (!healthy.is_empty()).then(|| healthy[fastrand::usize(..healthy.len())].clone())
+        };
+        match policy {
+            ReadPolicy::Master => None,
+            ReadPolicy::Replica => {
+                let all: Vec<&String> = replicas.iter().collect();
+                let pick = all.get(fastrand::usize(..all.len().max(1)))?;
+                Some(self.node_as(pick, proto, true))
+            }
+            ReadPolicy::PreferReplica => replica(),
+            ReadPolicy::PreferMaster => {
+                if self.node(&primary, proto).is_available() {
+                    None
+                } else {
+                    replica()
+                }
+            }
+            ReadPolicy::Any => {
+                let n = replicas.len() + 1;
+                let i = fastrand::usize(..n);
+                if i == 0 { None } else { Some(self.node_as(&replicas[i - 1], proto, true)) }
+            }
+        }
     }
 
     /// Follows a MOVED or ASK for a request.
