@@ -113,6 +113,32 @@ class Procs:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def measure(rows, targets, runs, requests):
+    """GET and SET at pipeline 1 and 16 on every target, interleaved; medians into `rows`.
+
+    targets: (name, port, pid of the proxy or None, whether redis-benchmark runs --cluster).
+    """
+    for test in ("get", "set"):
+        for pipeline in (1, 16):
+            n = requests * (4 if pipeline > 1 else 1)
+            for _, port, _, cluster in targets:
+                redis_benchmark(port, test, 50, pipeline, n // 10, cluster=cluster)
+            samples = {name: [] for name, _, _, _ in targets}
+            for _ in range(runs):
+                for name, port, pid, cluster in targets:
+                    c0 = cpu_ns(pid) if pid else 0
+                    rps, p50, p99 = redis_benchmark(port, test, 50, pipeline, n, cluster=cluster)
+                    c1 = cpu_ns(pid) if pid else 0
+                    samples[name].append((rps, p50, p99, (c1 - c0) / n / 1000.0 if pid else None))
+            for name, s in samples.items():
+                rows[(test, pipeline, name)] = (
+                    statistics.median(x[0] for x in s),
+                    statistics.median(x[1] for x in s),
+                    statistics.median(x[2] for x in s),
+                    statistics.median(x[3] for x in s) if s[0][3] is not None else None,
+                )
+
+
 def start_cluster(procs):
     """Six redis-server nodes, 3 primaries and 3 replicas; returns the node ports."""
     ports = []
@@ -196,29 +222,10 @@ def main():
         rm = procs.start(pinned(PROXY_CPUS, [args.proxy, "--listen", f"127.0.0.1:{rm_port}", "--upstream",
                                              f"127.0.0.1:{redis_port}", "--admin", "off", "--log-level", "warn"]), rm_port)
 
-        targets = [("direct", redis_port, None), ("twemproxy", tw_port, tw.pid), ("respmesh", rm_port, rm.pid)]
+        targets = [("direct", redis_port, None, False), ("twemproxy", tw_port, tw.pid, False),
+                   ("respmesh", rm_port, rm.pid, False)]
         rows = {}
-        for test in ("get", "set"):
-            for pipeline in (1, 16):
-                n = args.requests * (4 if pipeline > 1 else 1)
-                # Warm up every target once, then interleave the measured runs.
-                for name, port, _ in targets:
-                    redis_benchmark(port, test, 50, pipeline, n // 10)
-                samples = {name: [] for name, _, _ in targets}
-                for _ in range(args.runs):
-                    for name, port, pid in targets:
-                        c0 = cpu_ns(pid) if pid else 0
-                        rps, p50, p99 = redis_benchmark(port, test, 50, pipeline, n)
-                        c1 = cpu_ns(pid) if pid else 0
-                        samples[name].append((rps, p50, p99, (c1 - c0) / n / 1000.0 if pid else None))
-                for name in samples:
-                    s = samples[name]
-                    rows[(test, pipeline, name)] = (
-                        statistics.median(x[0] for x in s),
-                        statistics.median(x[1] for x in s),
-                        statistics.median(x[2] for x in s),
-                        statistics.median(x[3] for x in s) if s[0][3] is not None else None,
-                    )
+        measure(rows, targets, args.runs, args.requests)
 
         # Redis Cluster: direct (a cluster-aware redis-benchmark) and respmesh in CLUSTER mode.
         cports = start_cluster(procs)
@@ -226,31 +233,12 @@ def main():
         rc = procs.start(pinned(PROXY_CPUS, [args.proxy, "--listen", f"127.0.0.1:{rc_port}", "--upstream",
                                              f"127.0.0.1:{cports[0]}", "--mode", "cluster", "--admin", "off",
                                              "--log-level", "warn"]), rc_port)
-        ctargets = [("direct-cluster", cports[0], None, True), ("respmesh-cluster", rc_port, rc.pid, False)]
-        for test in ("get", "set"):
-            for pipeline in (1, 16):
-                n = args.requests * (4 if pipeline > 1 else 1)
-                for name, port, _, cl in ctargets:
-                    redis_benchmark(port, test, 50, pipeline, n // 10, cluster=cl)
-                samples = {name: [] for name, _, _, _ in ctargets}
-                for _ in range(args.runs):
-                    for name, port, pid, cl in ctargets:
-                        c0 = cpu_ns(pid) if pid else 0
-                        rps, p50, p99 = redis_benchmark(port, test, 50, pipeline, n, cluster=cl)
-                        c1 = cpu_ns(pid) if pid else 0
-                        samples[name].append((rps, p50, p99, (c1 - c0) / n / 1000.0 if pid else None))
-                for name in samples:
-                    sm = samples[name]
-                    rows[(test, pipeline, name)] = (
-                        statistics.median(x[0] for x in sm),
-                        statistics.median(x[1] for x in sm),
-                        statistics.median(x[2] for x in sm),
-                        statistics.median(x[3] for x in sm) if sm[0][3] is not None else None,
-                    )
+        measure(rows, [("direct-cluster", cports[0], None, True), ("respmesh-cluster", rc_port, rc.pid, False)],
+                args.runs, args.requests)
 
         # One client, no pipelining: the latency the proxy adds.
         lat = {}
-        for name, port, _ in targets:
+        for name, port, _, _ in targets:
             p50s = [redis_benchmark(port, "get", 1, 1, 20000)[1] for _ in range(args.runs)]
             lat[name] = statistics.median(p50s) * 1000.0
 

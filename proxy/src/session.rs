@@ -348,10 +348,7 @@ impl Session {
             Special::Blocking => self.forward(frame, cmd, Want::Dedicated { permanent: false, raw: false }, false),
             Special::Wait => self.wait(frame, cmd),
             Special::MaybeBlocking => {
-                let blocks = args(frame)
-                    .skip(1)
-                    .take_while(|a| !a.eq_ignore_ascii_case(b"STREAMS"))
-                    .any(|a| a.eq_ignore_ascii_case(b"BLOCK"));
+                let blocks = crate::command::blocks(frame);
                 if blocks {
                     self.forward(frame, cmd, Want::Dedicated { permanent: false, raw: false }, false)
                 } else {

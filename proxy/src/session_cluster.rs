@@ -101,10 +101,7 @@ impl Session {
             _ if in_tx => self.in_transaction(frame, spans, argc, cmd),
             Special::Blocking => self.cluster_blocking(frame, spans, argc, cmd),
             Special::MaybeBlocking => {
-                let blocks = args(frame)
-                    .skip(1)
-                    .take_while(|a| !a.eq_ignore_ascii_case(b"STREAMS"))
-                    .any(|a| a.eq_ignore_ascii_case(b"BLOCK"));
+                let blocks = crate::command::blocks(frame);
                 if blocks {
                     self.cluster_blocking(frame, spans, argc, cmd)
                 } else {

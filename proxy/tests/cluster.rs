@@ -7,6 +7,16 @@ use std::time::Duration;
 
 use support::{Cluster, Proxy};
 
+/// A configuration file for one CLUSTER service over `cluster`, with extra service fields.
+fn cluster_config(cluster: &Cluster, extra: &str) -> String {
+    format!(
+        "apiVersion: proxy.respmesh.io/v1alpha1\nkind: ProxyConfig\n\
+         listeners: [{{address: \"127.0.0.1:0\", service: redis-cluster}}]\n\
+         services:\n  - host: redis-cluster\n    mode: CLUSTER\n    endpoints: {:?}\n{extra}",
+        cluster.addrs()
+    )
+}
+
 fn proxy_for(cluster: &Cluster) -> Proxy {
     Proxy::start_args(&["--upstream", &cluster.nodes[0].addr(), "--mode", "cluster"])
 }
@@ -168,18 +178,7 @@ fn an_unreachable_cluster_is_reported_clearly() {
 fn a_primary_killed_under_load_is_replaced_by_its_promoted_replica() {
     let mut cluster = Cluster::start();
     cluster.wait_replicas_online(1, Duration::from_secs(20));
-    let yaml = format!(
-        r#"apiVersion: proxy.respmesh.io/v1alpha1
-kind: ProxyConfig
-listeners: [{{address: "127.0.0.1:0", service: redis-cluster}}]
-services:
-  - host: redis-cluster
-    mode: CLUSTER
-    endpoints: {:?}
-    cluster: {{refreshInterval: 1s}}
-"#,
-        cluster.addrs()
-    );
+    let yaml = cluster_config(&cluster, "    cluster: {refreshInterval: 1s}\n");
     let mut proxy = Proxy::start_config(&yaml);
     proxy.allow_warning("upstream connection lost");
     proxy.allow_warning("cannot connect to upstream");
@@ -335,19 +334,7 @@ fn scan_walks_every_primary_with_one_cursor() {
 fn read_policy_replica_sends_reads_to_replicas_and_writes_to_primaries() {
     let cluster = Cluster::start();
     cluster.wait_replicas_online(1, Duration::from_secs(20));
-    let yaml = format!(
-        r#"apiVersion: proxy.respmesh.io/v1alpha1
-kind: ProxyConfig
-listeners: [{{address: "127.0.0.1:0", service: redis-cluster}}]
-services:
-  - host: redis-cluster
-    mode: CLUSTER
-    endpoints: {:?}
-    readPolicy: REPLICA
-    cluster: {{refreshInterval: 500ms}}
-"#,
-        cluster.addrs()
-    );
+    let yaml = cluster_config(&cluster, "    readPolicy: REPLICA\n    cluster: {refreshInterval: 500ms}\n");
     let proxy = Proxy::start_config(&yaml);
     let mut c = proxy.conn();
     // The topology must list the replicas: wait for a refresh that sees them.

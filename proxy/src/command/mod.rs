@@ -143,6 +143,15 @@ pub enum Special {
     ReadMode,
 }
 
+/// For a [`Special::MaybeBlocking`] command (XREAD, XREADGROUP): whether it has the BLOCK
+/// option (looked for before STREAMS, so a stream named "block" does not count).
+pub fn blocks(frame: &[u8]) -> bool {
+    crate::resp::request::args(frame)
+        .skip(1)
+        .take_while(|a| !a.eq_ignore_ascii_case(b"STREAMS"))
+        .any(|a| a.eq_ignore_ascii_case(b"BLOCK"))
+}
+
 fn specials() -> &'static [Special] {
     static SPECIALS: OnceLock<Vec<Special>> = OnceLock::new();
     SPECIALS.get_or_init(|| {
