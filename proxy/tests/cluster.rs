@@ -373,3 +373,85 @@ fn read_policy_replica_sends_reads_to_replicas_and_writes_to_primaries() {
     assert_eq!(calls(primary, "get"), primary_before, "no read reached the primary");
     assert_eq!(calls(primary, "set"), sets_before + 1, "writes go to the primary");
 }
+
+#[test]
+fn a_node_that_stops_answering_does_not_stall_the_others() {
+    let cluster = Cluster::start();
+    let mut proxy = Proxy::start_config(&cluster_config(&cluster, "    opTimeout: 500ms\n"));
+    proxy.allow_warning("request timed out");
+    proxy.allow_warning("upstream connection lost");
+    proxy.allow_warning("cannot refresh the cluster topology");
+    proxy.allow_warning("cannot connect to upstream");
+    let mut c = proxy.conn();
+    let stuck_slot = slot_of(&cluster, "foo");
+    let stuck = cluster.primary_for(stuck_slot);
+    // A key on another primary.
+    let other_key = (0..1000)
+        .map(|i| format!("other:{i}"))
+        .find(|k| cluster.primary_for(slot_of(&cluster, k)).port != stuck.port)
+        .unwrap();
+    assert_eq!(c.cmd(&["SET", "foo", "1"]), "+OK\r\n");
+    assert_eq!(c.cmd(&["SET", &other_key, "1"]), "+OK\r\n");
+
+    // The node freezes (SIGSTOP): a request for it waits, others do not.
+    let pid = stuck.pid();
+    std::process::Command::new("kill").args(["-STOP", &pid.to_string()]).status().unwrap();
+    let mut waiting = proxy.conn();
+    waiting.send(&["GET", "foo"]);
+    let mut fast = proxy.conn();
+    let start = std::time::Instant::now();
+    for _ in 0..20 {
+        assert_eq!(fast.cmd(&["GET", &other_key]), "$1\r\n1\r\n");
+    }
+    assert!(start.elapsed() < Duration::from_millis(400), "other nodes were slowed: {:?}", start.elapsed());
+    let reply = String::from_utf8_lossy(&waiting.read_reply()).into_owned();
+    std::process::Command::new("kill").args(["-CONT", &pid.to_string()]).status().unwrap();
+    assert!(reply.contains("did not reply within opTimeout 500ms"), "{reply}");
+}
+
+#[test]
+fn resharding_under_load_loses_no_write_and_shows_no_redirect() {
+    let cluster = Cluster::start_with(3, 0);
+    let proxy = proxy_for(&cluster);
+    let addr = proxy.addr.to_string();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut c = support::Conn::connect(&addr);
+            let mut acked = Vec::new();
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let key = format!("rs:{}", i % 2000);
+                let reply = c.cmd(&["SET", &key, &i.to_string()]);
+                assert_eq!(reply, "+OK\r\n", "the client saw {reply}");
+                acked.push((key, i));
+                i += 1;
+            }
+            acked
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    // Move 2,000 slots from one primary to another with redis-cli, under the writer's load.
+    let id = |n: &support::Redis| n.conn().cmd(&["CLUSTER", "MYID"]).lines().nth(1).unwrap().to_owned();
+    let (from, to) = (id(&cluster.nodes[0]), id(&cluster.nodes[1]));
+    let out = std::process::Command::new("redis-cli")
+        .args(["--cluster", "reshard", &cluster.nodes[0].addr(), "--cluster-from", &from, "--cluster-to", &to])
+        .args(["--cluster-slots", "2000", "--cluster-yes", "--cluster-pipeline", "50"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked = writer.join().expect("the writer saw an error");
+    assert!(acked.len() > 100, "too little load: {}", acked.len());
+    // The last acknowledged value of every key is what the cluster holds.
+    let mut last = std::collections::HashMap::new();
+    for (k, v) in &acked {
+        last.insert(k.clone(), *v);
+    }
+    let mut c = proxy.conn();
+    for (k, v) in last {
+        assert_eq!(c.cmd(&["GET", &k]), format!("${}\r\n{v}\r\n", v.to_string().len()), "{k}");
+    }
+}

@@ -99,6 +99,10 @@ impl Redis {
         format!("127.0.0.1:{}", self.port)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// Stops the server (as a crash would: SIGKILL).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
