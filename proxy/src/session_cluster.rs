@@ -502,6 +502,8 @@ impl Session {
             ("KEYS", _) => Some(Combine::Concat),
             ("FLUSHDB" | "FLUSHALL", _) => Some(Combine::Same),
             ("SCRIPT", b"LOAD" | b"FLUSH") => Some(Combine::Same),
+            // Functions, like scripts, must exist on every node that may run them.
+            ("FUNCTION", b"LOAD" | b"DELETE" | b"FLUSH" | b"RESTORE") => Some(Combine::Same),
             ("SCAN", _) => return self.cluster_scan(&router, frame, cmd),
             _ => None,
         };
