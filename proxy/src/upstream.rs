@@ -42,29 +42,33 @@ const BACKOFF_MIN: Duration = Duration::from_millis(50);
 /// MOVED/ASK replies followed for one request before its client gets the error.
 const MAX_REDIRECTS: u8 = 5;
 
-/// A cluster redirection: `-MOVED <slot> <host:port>` or `-ASK <slot> <host:port>`.
+/// A cluster redirection: `-MOVED <slot> <host:port>`, `-ASK <slot> <host:port>`, or
+/// `-TRYAGAIN ...` (a multi-key command during a slot migration: retry shortly).
 #[derive(Debug, PartialEq, Eq)]
-pub struct Redirect {
-    pub ask: bool,
-    pub slot: u16,
-    pub addr: String,
+pub enum Redirect {
+    Moved { slot: u16, addr: String },
+    Ask { slot: u16, addr: String },
+    TryAgain,
 }
 
 impl Redirect {
     pub fn parse(reply: &[u8]) -> Option<Redirect> {
         let text = std::str::from_utf8(simple_text(reply)).ok()?;
         let mut parts = text.split(' ');
-        let ask = match parts.next()? {
-            "MOVED" => false,
-            "ASK" => true,
-            _ => return None,
-        };
+        let kind = parts.next()?;
+        if kind == "TRYAGAIN" {
+            return Some(Redirect::TryAgain);
+        }
         let slot = parts.next()?.parse().ok()?;
         let addr = parts.next()?.to_owned();
         if parts.next().is_some() || !addr.contains(':') {
             return None;
         }
-        Some(Redirect { ask, slot, addr })
+        match kind {
+            "MOVED" => Some(Redirect::Moved { slot, addr }),
+            "ASK" => Some(Redirect::Ask { slot, addr }),
+            _ => None,
+        }
     }
 }
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
@@ -647,7 +651,7 @@ impl Upstream {
         // point back here.
         for (req, redirect) in redirects {
             match self.router.as_ref().and_then(Weak::upgrade) {
-                Some(router) => router.redirect(req, redirect, self.proto),
+                Some(router) => router.redirect(req, redirect, self.proto, &self.endpoint),
                 None => req.answer(b"-ERR respmesh: redirected by a node that is no longer configured\r\n"),
             }
         }
@@ -731,5 +735,28 @@ impl Upstream {
         for c in touched.drain(..) {
             c.flush_from_upstream();
         }
+    }
+}
+
+#[cfg(test)]
+mod redirect_tests {
+    use super::*;
+
+    #[test]
+    fn redirections_parse() {
+        assert_eq!(
+            Redirect::parse(b"-MOVED 3999 127.0.0.1:6381\r\n"),
+            Some(Redirect::Moved { slot: 3999, addr: "127.0.0.1:6381".into() })
+        );
+        assert_eq!(
+            Redirect::parse(b"-ASK 1 10.0.0.1:7000\r\n"),
+            Some(Redirect::Ask { slot: 1, addr: "10.0.0.1:7000".into() })
+        );
+        assert_eq!(
+            Redirect::parse(b"-TRYAGAIN Multiple keys request during rehashing of slot\r\n"),
+            Some(Redirect::TryAgain)
+        );
+        assert_eq!(Redirect::parse(b"-ERR MOVED is a word\r\n"), None);
+        assert_eq!(Redirect::parse(b"-MOVED x y\r\n"), None);
     }
 }

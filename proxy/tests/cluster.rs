@@ -455,3 +455,33 @@ fn resharding_under_load_loses_no_write_and_shows_no_redirect() {
         assert_eq!(c.cmd(&["GET", &k]), format!("${}\r\n{v}\r\n", v.to_string().len()), "{k}");
     }
 }
+
+#[test]
+fn tryagain_during_a_migration_is_retried_until_it_completes() {
+    let cluster = Cluster::start_with(3, 0);
+    let proxy = proxy_for(&cluster);
+    let mut c = proxy.conn();
+    assert_eq!(c.cmd(&["MSET", "{t}a", "1", "{t}b", "2"]), "+OK\r\n");
+    let slot = slot_of(&cluster, "{t}a");
+    let source = cluster.primary_for(slot);
+    let target = cluster.nodes.iter().find(|n| n.port != source.port).unwrap();
+    let id = |n: &support::Redis| n.conn().cmd(&["CLUSTER", "MYID"]).lines().nth(1).unwrap().to_owned();
+    let (source_id, target_id) = (id(source), id(target));
+    let s = slot.to_string();
+    assert_eq!(target.conn().cmd(&["CLUSTER", "SETSLOT", &s, "IMPORTING", &source_id]), "+OK\r\n");
+    assert_eq!(source.conn().cmd(&["CLUSTER", "SETSLOT", &s, "MIGRATING", &target_id]), "+OK\r\n");
+    let migrate = |key: &str| {
+        let port = target.port.to_string();
+        source.conn().cmd(&["MIGRATE", "127.0.0.1", &port, key, "0", "5000"])
+    };
+    assert_eq!(migrate("{t}b"), "+OK\r\n");
+    // Half of the keys moved: a multi-key command gets TRYAGAIN from the source...
+    c.send(&["MGET", "{t}a", "{t}b"]);
+    std::thread::sleep(Duration::from_millis(100));
+    // ... and the proxy retries until the migration completes.
+    assert_eq!(migrate("{t}a"), "+OK\r\n");
+    for n in &cluster.nodes {
+        n.conn().cmd(&["CLUSTER", "SETSLOT", &s, "NODE", &target_id]);
+    }
+    assert_eq!(String::from_utf8_lossy(&c.read_reply()), "*2\r\n$1\r\n1\r\n$1\r\n2\r\n");
+}

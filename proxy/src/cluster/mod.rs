@@ -34,6 +34,8 @@ use topology::Topology;
 
 /// Periodic topology refresh.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(5);
+/// First wait before retrying a request that got TRYAGAIN; it doubles with each retry.
+const TRYAGAIN_BACKOFF: Duration = Duration::from_millis(10);
 /// Refreshes triggered by MOVED or failures are at least this far apart.
 const REFRESH_MIN_GAP: Duration = Duration::from_millis(100);
 
@@ -212,22 +214,33 @@ impl ClusterRouter {
         }
     }
 
-    /// Follows a MOVED or ASK for a request.
-    pub fn redirect(&self, mut req: InFlight, redirect: Redirect, proto: u8) {
+    /// Follows a MOVED or ASK for a request, or retries it after a TRYAGAIN (with backoff).
+    pub fn redirect(&self, mut req: InFlight, redirect: Redirect, proto: u8, from: &str) {
         req.redirects += 1;
-        if !redirect.ask {
-            debug!(slot = redirect.slot, to = %redirect.addr, "MOVED: updating the slot map and refreshing");
-            if let Some(t) = self.topology.borrow_mut().as_mut() {
-                t.moved(redirect.slot, &redirect.addr);
-            }
-            *self.by_shard.borrow_mut() = [Vec::new(), Vec::new()];
-            self.refresh.notify();
-        }
         let Some(frame) = req.frame.clone() else {
             req.answer(b"-ERR respmesh: cannot follow a redirection for this request\r\n");
             return;
         };
-        self.node(&redirect.addr, proto).send_request(req, &frame, redirect.ask);
+        match redirect {
+            Redirect::Moved { slot, addr } => {
+                debug!(slot, to = %addr, "MOVED: updating the slot map and refreshing");
+                if let Some(t) = self.topology.borrow_mut().as_mut() {
+                    t.moved(slot, &addr);
+                }
+                *self.by_shard.borrow_mut() = [Vec::new(), Vec::new()];
+                self.refresh.notify();
+                self.node(&addr, proto).send_request(req, &frame, false);
+            }
+            Redirect::Ask { addr, .. } => self.node(&addr, proto).send_request(req, &frame, true),
+            Redirect::TryAgain => {
+                let node = self.node(from, proto);
+                let delay = TRYAGAIN_BACKOFF * (1 << req.redirects.min(5));
+                tokio::task::spawn_local(async move {
+                    tokio::time::sleep(delay).await;
+                    node.send_request(req, &frame, false);
+                });
+            }
+        }
     }
 
     /// Asks for a topology refresh soon (after MOVED, a connection failure, ...).
