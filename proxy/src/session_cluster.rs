@@ -499,6 +499,8 @@ impl Session {
         let sub = args(frame).nth(1).map(<[u8]>::to_ascii_uppercase).unwrap_or_default();
         let combine = match (name, sub.as_slice()) {
             ("DBSIZE", _) => Some(Combine::Sum),
+            ("RANDOMKEY", _) => Some(Combine::AnyNonNull),
+            ("INFO", b"KEYSPACE") if args(frame).count() == 2 => Some(Combine::InfoKeyspace),
             ("KEYS", _) => Some(Combine::Concat),
             ("FLUSHDB" | "FLUSHALL", _) => Some(Combine::Same),
             ("SCRIPT", b"LOAD" | b"FLUSH") => Some(Combine::Same),

@@ -122,8 +122,16 @@ fn keyless_commands_answer_for_the_whole_cluster() {
         assert!(keys.contains(&format!("${}\r\n{k}\r\n", k.len())), "{keys}");
     }
     assert_eq!(c.cmd(&["DBSIZE"]), ":6\r\n");
+    let info = c.cmd(&["INFO", "keyspace"]);
+    assert!(info.contains("db0:keys=6,expires=0,avg_ttl=0"), "{info}");
+    c.cmd(&["DEL", "k1", "k2", "k3", "k4", "k5"]);
+    for _ in 0..10 {
+        // One key left, on one of the three primaries: RANDOMKEY finds it every time.
+        assert_eq!(c.cmd(&["RANDOMKEY"]), "$2\r\nk6\r\n");
+    }
     assert_eq!(c.cmd(&["FLUSHALL"]), "+OK\r\n");
     assert_eq!(c.cmd(&["DBSIZE"]), ":0\r\n");
+    assert_eq!(c.cmd(&["RANDOMKEY"]), "$-1\r\n");
     let sha = c.cmd(&["SCRIPT", "LOAD", "return 7"]);
     assert!(sha.starts_with("$40\r\n"), "{sha}");
     let sha = sha.lines().nth(1).unwrap().to_owned();
@@ -484,4 +492,36 @@ fn tryagain_during_a_migration_is_retried_until_it_completes() {
         n.conn().cmd(&["CLUSTER", "SETSLOT", &s, "NODE", &target_id]);
     }
     assert_eq!(String::from_utf8_lossy(&c.read_reply()), "*2\r\n$1\r\n1\r\n$1\r\n2\r\n");
+}
+
+#[test]
+fn blocked_and_transaction_clients_get_a_clear_error_when_their_node_dies() {
+    let mut cluster = Cluster::start();
+    let mut proxy = proxy_for(&cluster);
+    proxy.allow_warning("upstream connection lost");
+    proxy.allow_warning("cannot connect to upstream");
+    proxy.allow_warning("cannot refresh the cluster topology");
+    let slot = slot_of(&cluster, "jobs");
+    let victim_port = cluster.primary_for(slot).port;
+    let mut blocked = proxy.conn();
+    blocked.send(&["BLPOP", "jobs", "0"]);
+    let mut tx = proxy.conn();
+    assert_eq!(tx.cmd(&["MULTI"]), "+OK\r\n");
+    assert_eq!(tx.cmd(&["LPUSH", "jobs", "x"]), "+QUEUED\r\n");
+    std::thread::sleep(Duration::from_millis(100));
+    cluster.nodes.iter_mut().find(|n| n.port == victim_port).unwrap().kill();
+
+    blocked.set_timeout(Duration::from_secs(5));
+    let reply = String::from_utf8_lossy(&blocked.read_reply()).into_owned();
+    assert!(reply.starts_with("-ERR respmesh: upstream ") && reply.contains(" unavailable: "), "{reply}");
+    // The transaction's state died with its connection: the client is told, then disconnected.
+    tx.set_timeout(Duration::from_secs(5));
+    tx.send(&["EXEC"]);
+    let reply = tx.try_read_reply().map(|r| String::from_utf8_lossy(&r).into_owned());
+    match reply {
+        Ok(r) => assert!(r.starts_with("-ERR respmesh: upstream"), "{r}"),
+        Err(e) => {
+            assert!(matches!(e.kind(), std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset), "{e}")
+        }
+    }
 }

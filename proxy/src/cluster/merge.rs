@@ -24,6 +24,10 @@ pub enum Combine {
     Sum,
     /// KEYS: arrays concatenated.
     Concat,
+    /// RANDOMKEY: one of the primaries' answers, at random, unless it is null.
+    AnyNonNull,
+    /// INFO keyspace: the per-database key counts of every primary, added up.
+    InfoKeyspace,
     /// SCAN on primary `node` of `nodes`: the node's cursor becomes a cluster-wide one.
     Scan { node: u64, nodes: u64 },
 }
@@ -91,6 +95,44 @@ fn combine(how: &Combine, parts: &[Option<Bytes>]) -> Vec<u8> {
             out.extend_from_slice(&body);
             out
         }
+        Combine::AnyNonNull => {
+            let found: Vec<&&[u8]> = parts.iter().filter(|p| !matches!(&p[..], b"$-1\r\n" | b"_\r\n")).collect();
+            match found.len() {
+                0 => parts[0].to_vec(),
+                n => found[fastrand::usize(..n)].to_vec(),
+            }
+        }
+        Combine::InfoKeyspace => {
+            // db -> (keys, expires, avg_ttl weighted by expires)
+            let mut dbs: std::collections::BTreeMap<u32, (u64, u64, u128)> = std::collections::BTreeMap::new();
+            for p in &parts {
+                let Some(text) = bulk_text(p) else { return unexpected("INFO keyspace") };
+                for line in text.lines() {
+                    let Some((db, fields)) = line.split_once(':') else { continue };
+                    let Some(n) = db.strip_prefix("db").and_then(|n| n.parse::<u32>().ok()) else { continue };
+                    let field = |name: &str| -> u64 {
+                        fields
+                            .split(',')
+                            .find_map(|f| f.strip_prefix(name)?.strip_prefix('=')?.trim().parse().ok())
+                            .unwrap_or(0)
+                    };
+                    let e = dbs.entry(n).or_default();
+                    e.0 += field("keys");
+                    e.1 += field("expires");
+                    e.2 += u128::from(field("avg_ttl")) * u128::from(field("expires"));
+                }
+            }
+            let mut text = String::from("# Keyspace\r\n");
+            for (db, (keys, expires, ttl)) in dbs {
+                let avg = if expires > 0 { ttl / u128::from(expires) } else { 0 };
+                let _ = write!(text, "db{db}:keys={keys},expires={expires},avg_ttl={avg}\r\n");
+            }
+            if parts[0].first() == Some(&b'=') {
+                format!("={}\r\ntxt:{text}\r\n", text.len() + 4).into_bytes()
+            } else {
+                format!("${}\r\n{text}\r\n", text.len()).into_bytes()
+            }
+        }
         Combine::Scan { node, nodes } => {
             let Some(elements) = split_array(parts[0]) else { return unexpected("SCAN") };
             let cursor = match elements.first().and_then(|c| c.strip_prefix(b"$")) {
@@ -133,6 +175,19 @@ fn combine(how: &Combine, parts: &[Option<Bytes>]) -> Vec<u8> {
             out
         }
     }
+}
+
+/// The text of a bulk string or RESP3 verbatim string reply.
+fn bulk_text(reply: &[u8]) -> Option<String> {
+    let cr = find_crlf(reply, 1)?;
+    let n = parse_int(&reply[1..cr])?;
+    let body = reply.get(cr + 2..cr + 2 + n as usize)?;
+    let body = match reply.first()? {
+        b'$' => body,
+        b'=' => body.get(4..)?,
+        _ => return None,
+    };
+    Some(String::from_utf8_lossy(body).into_owned())
 }
 
 /// The element count and the bytes of the elements of an array reply.
@@ -199,6 +254,25 @@ mod tests {
         let done = b"*2\r\n$1\r\n0\r\n*0\r\n";
         assert_eq!(run(Combine::Scan { node: 1, nodes: 3 }, &[done]), "*2\r\n$1\r\n2\r\n*0\r\n", "next node");
         assert_eq!(run(Combine::Scan { node: 2, nodes: 3 }, &[done]), "*2\r\n$1\r\n0\r\n*0\r\n", "all done");
+    }
+
+    #[test]
+    fn randomkey_is_null_only_when_every_node_is_empty() {
+        assert_eq!(run(Combine::AnyNonNull, &[b"$-1\r\n", b"$1\r\nk\r\n", b"$-1\r\n"]), "$1\r\nk\r\n");
+        assert_eq!(run(Combine::AnyNonNull, &[b"$-1\r\n", b"$-1\r\n"]), "$-1\r\n");
+    }
+
+    #[test]
+    fn info_keyspace_adds_up() {
+        let a = "# Keyspace\r\ndb0:keys=3,expires=1,avg_ttl=1000\r\n";
+        let b = "# Keyspace\r\ndb0:keys=2,expires=1,avg_ttl=3000\r\n";
+        let pa = format!("${}\r\n{a}\r\n", a.len());
+        let pb = format!("${}\r\n{b}\r\n", b.len());
+        let want = "# Keyspace\r\ndb0:keys=5,expires=2,avg_ttl=2000\r\n";
+        assert_eq!(
+            run(Combine::InfoKeyspace, &[pa.as_bytes(), pb.as_bytes()]),
+            format!("${}\r\n{want}\r\n", want.len())
+        );
     }
 
     #[test]
