@@ -84,6 +84,41 @@ pub struct Service {
     /// Where read-only commands go in CLUSTER mode. Writes always go to primaries.
     #[serde(default)]
     pub read_policy: ReadPolicy,
+    /// Faults injected into this service's traffic (Aeraki's `faults`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub faults: Vec<Fault>,
+}
+
+/// A fault: an error instead of the reply, or a reply held back.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Fault {
+    #[serde(rename = "type")]
+    pub kind: FaultType,
+    /// Share of the matching commands affected.
+    pub percentage: Percent,
+    /// DELAY: how long the reply is held back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<Duration>,
+    /// Command names (any case) the fault applies to; every command but AUTH and PING if empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub commands: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum FaultType {
+    /// The client gets `-Fault Injected: Error`; Redis is not asked.
+    Error,
+    /// The reply is held back for `delay`; other clients are not delayed.
+    Delay,
+}
+
+/// A percentage, 0 to 100, fractions allowed (`0.1` is one in a thousand).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Percent {
+    pub value: f64,
 }
 
 /// Which nodes serve read-only commands (Aeraki's `readPolicy`).
@@ -280,6 +315,24 @@ impl ProxyConfig {
             for (field, creds) in [("auth", &svc.auth), ("clientAuth", &svc.client_auth)] {
                 if let Some(c) = creds {
                     check_credentials(&format!("{at}.{field}"), c, &mut problems);
+                }
+            }
+            for (j, f) in svc.faults.iter().enumerate() {
+                let at = format!("{at}.faults[{j}]");
+                if !(0.0..=100.0).contains(&f.percentage.value) {
+                    problems.push(format!("{at}.percentage.value: {} is not between 0 and 100", f.percentage.value));
+                }
+                match (f.kind, f.delay) {
+                    (FaultType::Delay, None) => problems.push(format!("{at}.delay: a DELAY fault needs a delay")),
+                    (FaultType::Error, Some(_)) => {
+                        problems.push(format!("{at}.delay: an ERROR fault takes no delay (add a DELAY fault)"))
+                    }
+                    _ => {}
+                }
+                for (k, c) in f.commands.iter().enumerate() {
+                    if c.trim().is_empty() || c.contains(char::is_whitespace) {
+                        problems.push(format!("{at}.commands[{k}]: {c:?} is not a command name"));
+                    }
                 }
             }
             if svc.op_timeout.get().is_zero() {

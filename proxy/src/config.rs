@@ -41,6 +41,7 @@ pub struct ServiceRt {
     pub endpoints: Vec<String>,
     pub refresh_interval: Duration,
     pub read_policy: respmesh_api::proxy::ReadPolicy,
+    pub faults: Vec<FaultRt>,
     pub auth: Option<Creds>,
     pub client_auth: Option<Creds>,
     pub op_timeout: Duration,
@@ -56,6 +57,39 @@ impl ServiceRt {
 
     pub fn endpoint(&self) -> &str {
         &self.endpoints[0]
+    }
+}
+
+/// A fault as the data plane applies it.
+#[derive(Debug, PartialEq)]
+pub struct FaultRt {
+    /// `None`: an error; `Some(d)`: the reply is held back for `d`.
+    pub delay: Option<Duration>,
+    /// Probability, 0.0 to 1.0.
+    pub chance: f64,
+    /// Upper-case command names; empty: every command but AUTH and PING.
+    pub commands: Vec<String>,
+}
+
+impl From<&respmesh_api::proxy::Fault> for FaultRt {
+    fn from(f: &respmesh_api::proxy::Fault) -> Self {
+        FaultRt {
+            delay: match f.kind {
+                respmesh_api::proxy::FaultType::Error => None,
+                respmesh_api::proxy::FaultType::Delay => Some(f.delay.map(|d| d.get()).unwrap_or_default()),
+            },
+            chance: f.percentage.value / 100.0,
+            commands: f.commands.iter().map(|c| c.to_ascii_uppercase()).collect(),
+        }
+    }
+}
+
+impl FaultRt {
+    pub fn applies_to(&self, name: &str) -> bool {
+        if self.commands.is_empty() {
+            return name != "AUTH" && name != "PING";
+        }
+        self.commands.iter().any(|c| c == name)
     }
 }
 
@@ -95,6 +129,7 @@ impl Runtime {
                 endpoints,
                 refresh_interval: svc.cluster.refresh_interval.get(),
                 read_policy: svc.read_policy,
+                faults: svc.faults.iter().map(FaultRt::from).collect(),
                 auth: read(&svc.auth, "auth")?,
                 client_auth: read(&svc.client_auth, "clientAuth")?,
                 op_timeout: svc.op_timeout.get(),
@@ -199,6 +234,7 @@ mod tests {
             connect_timeout: respmesh_api::Duration::from_secs(1),
             cluster: Default::default(),
             read_policy: Default::default(),
+            faults: vec![],
         });
         let err = format!("{:#}", Runtime::build(cfg, 1).unwrap_err());
         assert!(err.contains("service svc: auth: cannot read /nonexistent/pw"), "{err}");

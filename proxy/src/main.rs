@@ -127,6 +127,7 @@ fn one_liner(args: &Args, upstream: &str) -> ProxyConfig {
         connect_timeout: respmesh_api::Duration::from_secs(1),
         cluster: Default::default(),
         read_policy: Default::default(),
+        faults: vec![],
     });
     cfg.listeners.push(Listener { address: args.listen.to_string(), service: upstream.to_owned() });
     cfg

@@ -85,6 +85,7 @@ pub struct Metrics {
     pub upstream_auth_failures: Family<ServiceLabel, Counter>,
     pub upstream_timeouts: Family<ServiceLabel, Counter>,
     pub config_reloads: Family<[(&'static str, &'static str); 1], Counter>,
+    pub faults: Family<[(&'static str, String); 2], Counter>,
     pub config_generation: Gauge<i64, AtomicI64>,
 }
 
@@ -100,6 +101,7 @@ impl Metrics {
             upstream_auth_failures: Family::default(),
             upstream_timeouts: Family::default(),
             config_reloads: Family::default(),
+            faults: Family::default(),
             config_generation: Gauge::default(),
         })
     }
@@ -113,6 +115,11 @@ impl Metrics {
 
     pub fn service(host: &str) -> ServiceLabel {
         [("service", host.to_owned())]
+    }
+
+    /// Counts one injected fault (`kind`: error or delay).
+    pub fn fault(&self, service: &str, kind: &'static str) {
+        self.faults.get_or_create(&[("service", service.to_owned()), ("type", kind.to_owned())]).inc();
     }
 
     pub fn reload(&self, ok: bool) {
@@ -147,6 +154,7 @@ impl Metrics {
             self.upstream_timeouts.clone(),
         );
         registry.register("config_reloads", "Configuration reloads by result", self.config_reloads.clone());
+        registry.register("faults_injected", "Faults injected, by service and type", self.faults.clone());
         registry.register(
             "config_generation",
             "Generation of the configuration in force",

@@ -7,6 +7,8 @@ use std::fmt::Write as _;
 use bytes::{BufMut, Bytes, BytesMut};
 
 pub const OK: &[u8] = b"+OK\r\n";
+/// An ERROR fault (the wording clients of Aeraki/Envoy know).
+pub const FAULT_ERROR: &[u8] = b"-Fault Injected: Error\r\n";
 pub const RESET: &[u8] = b"+RESET\r\n";
 
 /// Redis's own reply to a command from a client that has not authenticated.

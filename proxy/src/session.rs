@@ -88,6 +88,8 @@ pub struct Session {
     scratch: BytesMut,
     /// When the batch of commands being handled was read.
     pub(crate) batch_start: Option<Instant>,
+    /// A DELAY fault hit the command being handled: hold its reply this long.
+    pub(crate) fault_delay: Option<std::time::Duration>,
 }
 
 impl Session {
@@ -118,6 +120,7 @@ impl Session {
             router: None,
             scratch: BytesMut::new(),
             batch_start: None,
+            fault_delay: None,
         })
     }
 
@@ -289,6 +292,13 @@ impl Session {
         if !self.authenticated && !matches!(special, Special::Auth | Special::Hello | Special::Quit) {
             return self.reply_local(cmd, replies::NOAUTH);
         }
+        self.fault_delay = None;
+        if !self.svc.faults.is_empty()
+            && !matches!(special, Special::Auth | Special::Hello | Special::Quit | Special::Reset)
+            && let Some(step) = self.inject_fault(cmd)
+        {
+            return step;
+        }
         if self.svc.mode == Mode::Cluster
             && let Some(step) = self.cluster_command(frame, argc, spans, cmd, special)
         {
@@ -356,6 +366,46 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Rolls the service's faults for a command, in configuration order: each DELAY that hits
+    /// adds its delay; the first ERROR that hits answers `-Fault Injected: Error` (after the
+    /// delays that hit before it) and ends the roll. `Some` when the command is answered.
+    fn inject_fault(&mut self, cmd: CommandId) -> Option<Step> {
+        let name = cmd.info().map_or("", |i| i.name);
+        let mut delay = std::time::Duration::ZERO;
+        let svc = self.svc.clone();
+        for f in &svc.faults {
+            if !f.applies_to(name) || fastrand::f64() >= f.chance {
+                continue;
+            }
+            match f.delay {
+                Some(d) => {
+                    self.worker.metrics.fault(&svc.host, "delay");
+                    delay += d;
+                }
+                None => {
+                    self.worker.metrics.fault(&svc.host, "error");
+                    self.worker.stats.record_local(cmd, true);
+                    let seq = self.client.issue();
+                    let client = self.client.clone();
+                    if delay.is_zero() {
+                        client.deliver(seq, replies::FAULT_ERROR);
+                    } else {
+                        tokio::task::spawn_local(async move {
+                            tokio::time::sleep(delay).await;
+                            client.deliver(seq, replies::FAULT_ERROR);
+                            client.flush_from_upstream();
+                        });
+                    }
+                    return Some(Step::Done);
+                }
+            }
+        }
+        if !delay.is_zero() {
+            self.fault_delay = Some(delay);
+        }
+        None
     }
 
     pub(crate) fn reply_local(&mut self, cmd: CommandId, reply: &[u8]) -> Step {
@@ -474,7 +524,7 @@ impl Session {
     pub(crate) fn send(&mut self, target: &Rc<Upstream>, frame: &[u8], cmd: CommandId, timed: bool) {
         // One clock read per batch of commands: latency is measured from when it was read.
         let now = *self.batch_start.get_or_insert_with(Instant::now);
-        match target.send(&self.client, frame, cmd, timed, now) {
+        match target.send(&self.client, frame, cmd, timed, now, self.fault_delay) {
             Ok(()) => self.last = Some(target.clone()),
             Err(reply) => {
                 self.client.local(&reply);

@@ -434,6 +434,7 @@ impl Session {
             let sub_frame = buf.freeze();
             let mut req = InFlight::new(self.client.clone(), seq, cmd, now, true);
             req.merge = Some((merge.clone(), part));
+            req.hold = self.fault_delay;
             self.send_slot(&router, *slot, req, sub_frame);
         }
         Step::Done
@@ -441,7 +442,8 @@ impl Session {
 
     fn send_to_slot(&mut self, router: &Rc<ClusterRouter>, slot: u16, frame: &[u8], cmd: CommandId) {
         let seq = self.client.issue();
-        let req = InFlight::new(self.client.clone(), seq, cmd, self.now(), true);
+        let mut req = InFlight::new(self.client.clone(), seq, cmd, self.now(), true);
+        req.hold = self.fault_delay;
         self.send_slot(router, slot, req, Bytes::copy_from_slice(frame));
     }
 
@@ -518,7 +520,8 @@ impl Session {
         match combine {
             None => {
                 let addr = &primaries[fastrand::usize(..primaries.len())];
-                let req = InFlight::new(self.client.clone(), seq, cmd, now, true);
+                let mut req = InFlight::new(self.client.clone(), seq, cmd, now, true);
+                req.hold = self.fault_delay;
                 router.node(addr, self.proto).send_request(req, frame, false);
             }
             Some(combine) => {
@@ -526,6 +529,7 @@ impl Session {
                 for (part, addr) in primaries.iter().enumerate() {
                     let mut req = InFlight::new(self.client.clone(), seq, cmd, now, true);
                     req.merge = Some((merge.clone(), part));
+                    req.hold = self.fault_delay;
                     router.node(addr, self.proto).send_request(req, frame, false);
                 }
             }

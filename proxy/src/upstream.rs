@@ -110,15 +110,43 @@ pub struct InFlight {
     /// Cluster mode: the reply is one part of a split command's reply.
     pub merge: Option<(Rc<Merge>, usize)>,
     pub redirects: u8,
+    /// A DELAY fault: the reply is held back this long.
+    pub hold: Option<Duration>,
 }
 
 impl InFlight {
-    pub fn new(client: Rc<Client>, seq: Seq, cmd: CommandId, start: Instant, timed: bool) -> InFlight {
-        InFlight { client, seq, cmd, start, timed, internal: false, frame: None, merge: None, redirects: 0 }
+    fn clone_parts(&self) -> InFlight {
+        InFlight {
+            client: self.client.clone(),
+            seq: self.seq,
+            cmd: self.cmd,
+            start: self.start,
+            timed: self.timed,
+            internal: self.internal,
+            frame: self.frame.clone(),
+            merge: self.merge.clone(),
+            redirects: self.redirects,
+            hold: self.hold,
+        }
     }
 
-    /// Hands the reply to the client, or to the split command it is part of.
+    pub fn new(client: Rc<Client>, seq: Seq, cmd: CommandId, start: Instant, timed: bool) -> InFlight {
+        InFlight { client, seq, cmd, start, timed, internal: false, frame: None, merge: None, redirects: 0, hold: None }
+    }
+
+    /// Hands the reply to the client, or to the split command it is part of (after the hold of
+    /// a DELAY fault, if any: later replies of the client wait, other clients do not).
     pub fn answer(&self, reply: &[u8]) {
+        if let Some(hold) = self.hold {
+            let held = InFlight { hold: None, frame: None, ..self.clone_parts() };
+            let reply = Bytes::copy_from_slice(reply);
+            tokio::task::spawn_local(async move {
+                tokio::time::sleep(hold).await;
+                held.answer(&reply);
+                held.client.flush_from_upstream();
+            });
+            return;
+        }
         match &self.merge {
             Some((m, part)) => m.put(*part, reply),
             None => self.client.deliver(self.seq, reply),
@@ -249,6 +277,7 @@ impl Upstream {
         cmd: CommandId,
         timed: bool,
         now: Instant,
+        hold: Option<Duration>,
     ) -> Result<(), Bytes> {
         let mut inner = self.inner.borrow_mut();
         match &inner.state {
@@ -263,7 +292,9 @@ impl Upstream {
         }
         if inner.raw.is_none() {
             let seq = client.issue();
-            inner.inflight.push_back(InFlight::new(client.clone(), seq, cmd, now, timed));
+            let mut f = InFlight::new(client.clone(), seq, cmd, now, timed);
+            f.hold = hold;
+            inner.inflight.push_back(f);
         } else {
             self.stats.record_local(cmd, false);
         }

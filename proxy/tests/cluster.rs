@@ -525,3 +525,16 @@ fn blocked_and_transaction_clients_get_a_clear_error_when_their_node_dies() {
         }
     }
 }
+
+#[test]
+fn faults_apply_in_cluster_mode_too() {
+    let cluster = Cluster::start_with(3, 0);
+    let faults = "    faults:\n      - {type: ERROR, percentage: {value: 100}, commands: [GET]}\n      - {type: DELAY, delay: 200ms, percentage: {value: 100}, commands: [MGET]}\n";
+    let proxy = Proxy::start_config(&cluster_config(&cluster, faults));
+    let mut c = proxy.conn();
+    assert_eq!(c.cmd(&["SET", "a", "1"]), "+OK\r\n");
+    assert_eq!(c.cmd(&["GET", "a"]), "-Fault Injected: Error\r\n");
+    let start = std::time::Instant::now();
+    assert_eq!(c.cmd(&["MGET", "a", "b", "c"]), "*3\r\n$1\r\n1\r\n$-1\r\n$-1\r\n");
+    assert!(start.elapsed() >= Duration::from_millis(200), "the split MGET's reply was held back");
+}
