@@ -87,6 +87,15 @@ printf 'n3w-pa55\n' >"$work/password.new" && mv "$work/password.new" "$work/pass
 wait_generation 4
 session redis-single "AUTH testredis123!" "get foo"
 
+say "Scenario 7: fault injection, ERROR for 50% of GETs"
+config "    auth: {passwordFile: \"$work/password\"}
+    faults:
+      - type: ERROR
+        percentage: {value: 50}
+        commands: [GET]"
+wait_generation 5
+session redis-single "set a a" "get a" "get a" "get a" "get a" "get a" "get a"
+
 say "Scenario 3: a Redis Cluster (3 primaries, 3 replicas) that looks like one Redis"
 cluster_ports=()
 for _ in 1 2 3 4 5 6; do
