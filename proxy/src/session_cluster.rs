@@ -395,6 +395,12 @@ impl Session {
             return Step::Done;
         }
         let name = cmd.info().map_or("", |i| i.name);
+        if name == "MSET" && all.len() % 2 == 0 {
+            // Keys without values: Redis's arity error, before any split.
+            let mut r = BytesMut::new();
+            crate::replies::wrong_arity(&mut r, "mset");
+            return self.reply_local(cmd, &r);
+        }
         let combine = match name {
             "MGET" => Combine::Mget { keys: positions.len(), positions: Vec::new() },
             "MSET" => Combine::Same,

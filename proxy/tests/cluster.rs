@@ -88,6 +88,9 @@ fn multi_key_commands_are_split_by_slot_and_merged() {
     assert_eq!(c.cmd(&["DEL", "a", "b", "missing"]), ":2\r\n");
     assert_eq!(c.cmd(&["UNLINK", "c", "d"]), ":2\r\n");
     assert_eq!(c.cmd(&["MGET", "a", "b", "c", "d"]), "*4\r\n$-1\r\n$-1\r\n$-1\r\n$-1\r\n");
+    // A value missing: the same arity error as Redis, not a split.
+    assert_eq!(c.cmd(&["MSET", "a", "1", "b"]), "-ERR wrong number of arguments for 'mset' command\r\n");
+    assert_eq!(c.cmd(&["PING"]), "+PONG\r\n");
 }
 
 #[test]
@@ -537,4 +540,10 @@ fn faults_apply_in_cluster_mode_too() {
     let start = std::time::Instant::now();
     assert_eq!(c.cmd(&["MGET", "a", "b", "c"]), "*3\r\n$1\r\n1\r\n$-1\r\n$-1\r\n");
     assert!(start.elapsed() >= Duration::from_millis(200), "the split MGET's reply was held back");
+}
+
+#[test]
+fn malformed_commands_of_every_kind_never_break_the_proxy() {
+    let cluster = Cluster::start_with(3, 0);
+    support::random_commands_never_break(&proxy_for(&cluster), 42);
 }

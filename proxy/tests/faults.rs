@@ -232,3 +232,12 @@ fn random_garbage_never_takes_the_proxy_down() {
     assert_eq!(proxy.admin_get("/live").0, 200);
     assert_eq!(proxy.conn().cmd(&["PING"]), "+PONG\r\n");
 }
+
+#[test]
+fn malformed_commands_of_every_kind_never_break_the_proxy() {
+    let redis = Redis::start();
+    let proxy = Proxy::start_args(&["--upstream", &redis.addr(), "--client-password", "pw"]);
+    support::random_commands_never_break(&proxy, 7);
+    let open = Proxy::start_args(&["--upstream", &redis.addr()]);
+    support::random_commands_never_break(&open, 8);
+}

@@ -528,3 +528,78 @@ impl Cluster {
         panic!("no primary serves slot {slot}");
     }
 }
+
+/// Sends 300 commands of every special kind with random arguments (wrong counts, bad
+/// numbers, stray option words), each on a new connection, and checks that the proxy keeps
+/// answering and never panics.
+pub fn random_commands_never_break(proxy: &Proxy, seed: u64) {
+    let names = [
+        "MSET",
+        "MGET",
+        "DEL",
+        "EXISTS",
+        "EVAL",
+        "EVALSHA",
+        "FCALL",
+        "XREAD",
+        "XREADGROUP",
+        "ZUNIONSTORE",
+        "ZINTER",
+        "BLMPOP",
+        "LMPOP",
+        "SORT",
+        "MIGRATE",
+        "OBJECT",
+        "MEMORY",
+        "SCAN",
+        "KEYS",
+        "INFO",
+        "SELECT",
+        "MULTI",
+        "EXEC",
+        "WATCH",
+        "BLPOP",
+        "SUBSCRIBE",
+        "SSUBSCRIBE",
+        "CLIENT",
+        "RENAME",
+        "GEORADIUS",
+        "SCRIPT",
+        "FUNCTION",
+        "RANDOMKEY",
+        "HELLO",
+        "AUTH",
+        "RESET",
+        "WAIT",
+        "UNWATCH",
+        "DISCARD",
+    ];
+    let mut rng = fastrand::Rng::with_seed(seed);
+    for round in 0..300 {
+        let mut c = proxy.conn();
+        c.set_timeout(Duration::from_secs(5));
+        let name = names[rng.usize(..names.len())];
+        let argc = rng.usize(0..7);
+        let mut args: Vec<String> = vec![name.to_owned()];
+        for _ in 0..argc {
+            args.push(match rng.u8(0..4) {
+                0 => rng.i32(-3..5).to_string(),
+                1 => format!("k{}", rng.u16(..)),
+                2 => ["STREAMS", "STORE", "KEYS", "BLOCK", "USAGE", "0", "AUTH", "SETNAME"][rng.usize(..8)].to_owned(),
+                _ => String::new(),
+            });
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        c.send(&refs);
+        // Any reply (or, for subscriptions and blocking commands, none) but never a dead proxy.
+        let _ = c.try_read_reply();
+        drop(c);
+        if round % 50 == 0 {
+            let r = proxy.conn().cmd(&["PING"]);
+            assert!(r == "+PONG\r\n" || r.starts_with("-NOAUTH"), "after round {round}: {r}");
+        }
+    }
+    let r = proxy.conn().cmd(&["PING"]);
+    assert!(r == "+PONG\r\n" || r.starts_with("-NOAUTH"), "{r}");
+    assert!(!proxy.log().contains("panicked"), "{}", proxy.log());
+}
