@@ -395,7 +395,7 @@ impl Session {
             return Step::Done;
         }
         let name = cmd.info().map_or("", |i| i.name);
-        if name == "MSET" && all.len() % 2 == 0 {
+        if name == "MSET" && all.len().is_multiple_of(2) {
             // Keys without values: Redis's arity error, before any split.
             let mut r = BytesMut::new();
             crate::replies::wrong_arity(&mut r, "mset");
