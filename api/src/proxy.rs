@@ -84,6 +84,10 @@ pub struct Service {
     /// Where read-only commands go in CLUSTER mode. Writes always go to primaries.
     #[serde(default)]
     pub read_policy: ReadPolicy,
+    /// PROXY mode with several endpoints (keys sharded by consistent hashing): hash only the
+    /// part of a key between `{` and `}`, so that keys sharing a tag share an endpoint.
+    #[serde(default)]
+    pub enable_hashtagging: bool,
     /// Faults injected into this service's traffic (Aeraki's `faults`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub faults: Vec<Fault>,

@@ -42,6 +42,8 @@ pub struct ServiceRt {
     pub refresh_interval: Duration,
     pub read_policy: respmesh_api::proxy::ReadPolicy,
     pub faults: Vec<FaultRt>,
+    /// Sharding: hash only a key's `{tag}`.
+    pub hashtags: bool,
     pub auth: Option<Creds>,
     pub client_auth: Option<Creds>,
     pub op_timeout: Duration,
@@ -57,6 +59,12 @@ impl ServiceRt {
 
     pub fn endpoint(&self) -> &str {
         &self.endpoints[0]
+    }
+
+    /// Keys go to one of several servers: a Redis Cluster, or standalone endpoints sharded by
+    /// consistent hashing.
+    pub fn distributed(&self) -> bool {
+        self.mode == Mode::Cluster || self.endpoints.len() > 1
     }
 }
 
@@ -109,12 +117,6 @@ impl Runtime {
         source.validate()?;
         let mut services = HashMap::new();
         for svc in &source.services {
-            if svc.mode == Mode::Proxy && svc.endpoints.len() > 1 {
-                bail!(
-                    "service {}: several endpoints in PROXY mode (key sharding) are not available in this build yet; list one endpoint",
-                    svc.host
-                );
-            }
             let read = |c: &Option<Credentials>, what: &str| -> anyhow::Result<Option<Creds>> {
                 c.as_ref().map(|c| read_creds(c).with_context(|| format!("service {}: {what}", svc.host))).transpose()
             };
@@ -130,6 +132,7 @@ impl Runtime {
                 refresh_interval: svc.cluster.refresh_interval.get(),
                 read_policy: svc.read_policy,
                 faults: svc.faults.iter().map(FaultRt::from).collect(),
+                hashtags: svc.enable_hashtagging,
                 auth: read(&svc.auth, "auth")?,
                 client_auth: read(&svc.client_auth, "clientAuth")?,
                 op_timeout: svc.op_timeout.get(),
@@ -235,6 +238,7 @@ mod tests {
             cluster: Default::default(),
             read_policy: Default::default(),
             faults: vec![],
+            enable_hashtagging: false,
         });
         let err = format!("{:#}", Runtime::build(cfg, 1).unwrap_err());
         assert!(err.contains("service svc: auth: cannot read /nonexistent/pw"), "{err}");

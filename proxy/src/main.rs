@@ -128,6 +128,7 @@ fn one_liner(args: &Args, upstream: &str) -> ProxyConfig {
         cluster: Default::default(),
         read_policy: Default::default(),
         faults: vec![],
+        enable_hashtagging: false,
     });
     cfg.listeners.push(Listener { address: args.listen.to_string(), service: upstream.to_owned() });
     cfg

@@ -27,7 +27,6 @@ use crate::resp::request::{Parsed, RequestParser, Spans, args, encode_command};
 use crate::resp::{Limits, ProtocolError};
 use crate::upstream::Upstream;
 use crate::worker::Worker;
-use respmesh_api::proxy::Mode;
 
 const READ_SPARE: usize = 4 * 1024;
 /// The write that brings a dedicated connection's replication offset up to date before WAIT.
@@ -299,7 +298,7 @@ impl Session {
         {
             return step;
         }
-        if self.svc.mode == Mode::Cluster
+        if self.svc.distributed()
             && let Some(step) = self.cluster_command(frame, argc, spans, cmd, special)
         {
             return step;
@@ -570,7 +569,7 @@ impl Session {
             // The client logs in as the proxy already does: nothing changes upstream.
             return self.reply_local(cmd, replies::OK);
         }
-        if self.svc.mode == Mode::Cluster {
+        if self.svc.distributed() {
             // Every node connection is the proxy's own: a login of the client's cannot be
             // carried to them.
             return self.reply_local(cmd, replies::WRONGPASS);

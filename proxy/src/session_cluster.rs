@@ -11,7 +11,6 @@ use tokio::time::Instant;
 
 use crate::cluster::ClusterRouter;
 use crate::cluster::merge::{Combine, Merge, SCAN_NODE_BITS};
-use crate::cluster::slot::key_slot;
 use crate::command::keys::key_positions;
 use crate::command::{CommandId, Special};
 use crate::resp::request::{Spans, args, encode_command};
@@ -148,6 +147,8 @@ impl Session {
     /// The one slot of a command's keys: `Ok(None)` for a command without keys, `Err` (the
     /// step taken) for keys of several slots or keys that cannot be found.
     fn command_slot(&mut self, frame: &[u8], spans: Spans, argc: usize, cmd: CommandId) -> Result<Option<u16>, Step> {
+        let router = self.router();
+        let key_slot = |k: &[u8]| router.slot_of(k);
         if let Some(info) = cmd.info()
             && info.first_key == 1
             && info.last_key == 1
@@ -375,7 +376,7 @@ impl Session {
             && info.flags & crate::command::flags::MOVABLEKEYS == 0
             && let Some(key) = spans.get(frame, 1)
         {
-            self.send_to_slot(&router, key_slot(key), frame, cmd);
+            self.send_to_slot(&router, router.slot_of(key), frame, cmd);
             return Step::Done;
         }
         let all: Vec<&[u8]> = args(frame).collect();
@@ -389,6 +390,7 @@ impl Session {
         if positions.is_empty() {
             return self.keyless(frame, cmd);
         }
+        let key_slot = |k: &[u8]| router.slot_of(k);
         let first = key_slot(all[positions[0]]);
         if positions.iter().all(|&i| key_slot(all[i]) == first) {
             self.send_to_slot(&router, first, frame, cmd);

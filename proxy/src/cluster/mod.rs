@@ -7,6 +7,7 @@
 //! ever seeing them.
 
 pub mod merge;
+pub mod ring;
 pub mod slot;
 pub mod topology;
 
@@ -40,6 +41,8 @@ const TRYAGAIN_BACKOFF: Duration = Duration::from_millis(10);
 const REFRESH_MIN_GAP: Duration = Duration::from_millis(100);
 
 pub struct ClusterRouter {
+    /// Standalone endpoints sharded by consistent hashing, not a Redis Cluster.
+    sharded: bool,
     svc: RefCell<Arc<ServiceRt>>,
     topology: RefCell<Option<Topology>>,
     /// Why the last refresh failed, while no topology is known.
@@ -57,10 +60,15 @@ pub struct ClusterRouter {
 }
 
 impl ClusterRouter {
+    /// A router for `svc`: a Redis Cluster (topology learned and refreshed), or standalone
+    /// endpoints sharded by consistent hashing (a fixed topology, see [`ring`]).
     pub fn spawn(svc: Arc<ServiceRt>, ctx: Rc<Ctx>, max_depth: u32) -> Rc<Self> {
+        let sharded = svc.mode == respmesh_api::proxy::Mode::Proxy;
+        let topology = sharded.then(|| ring::topology(&svc.endpoints));
         let router = Rc::new_cyclic(|me| ClusterRouter {
+            sharded,
             svc: RefCell::new(svc),
-            topology: RefCell::new(None),
+            topology: RefCell::new(topology),
             last_error: RefCell::new(None),
             nodes: RefCell::new(HashMap::new()),
             by_shard: RefCell::new([Vec::new(), Vec::new()]),
@@ -71,8 +79,16 @@ impl ClusterRouter {
             max_depth,
             me: me.clone(),
         });
-        tokio::task::spawn_local(router.clone().refresh_loop());
+        if !sharded {
+            tokio::task::spawn_local(router.clone().refresh_loop());
+        }
         router
+    }
+
+    /// The slot (cluster) or bucket (sharding) of a key.
+    #[inline]
+    pub fn slot_of(&self, key: &[u8]) -> u16 {
+        if self.sharded { ring::key_bucket(key, self.svc.borrow().hashtags) } else { slot::key_slot(key) }
     }
 
     pub fn service(&self) -> Arc<ServiceRt> {
