@@ -91,6 +91,61 @@ pub struct Service {
     /// Faults injected into this service's traffic (Aeraki's `faults`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub faults: Vec<Fault>,
+    /// Key-prefix routes (Aeraki's `redis` routes): each command goes to the service of the
+    /// route whose prefix matches its keys (the longest wins; a route without `match` is the
+    /// default). Without routes, the service's own endpoints serve every command.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Route {
+    #[serde(default, rename = "match", skip_serializing_if = "Option::is_none")]
+    pub matches: Option<RouteMatch>,
+    pub route: RouteTarget,
+    /// Copies of the route's commands sent to other services; their replies are dropped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirror: Vec<Mirror>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RouteMatch {
+    pub key: KeyMatch,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KeyMatch {
+    pub prefix: String,
+    /// Strip the prefix from keys before sending them on.
+    #[serde(default)]
+    pub remove_prefix: bool,
+    #[serde(default)]
+    pub case_insensitive: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RouteTarget {
+    /// The `host` of the service that serves the route (it may be this service itself).
+    pub host: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Mirror {
+    pub route: RouteTarget,
+    #[serde(default = "full")]
+    pub percentage: Percent,
+    /// Mirror writes only.
+    #[serde(default)]
+    pub exclude_read_commands: bool,
+}
+
+fn full() -> Percent {
+    Percent { value: 100.0 }
 }
 
 /// A fault: an error instead of the reply, or a reply held back.
@@ -344,6 +399,37 @@ impl ProxyConfig {
             }
             if svc.connect_timeout.get().is_zero() {
                 problems.push(format!("{at}.connectTimeout: must be more than zero"));
+            }
+        }
+        for (i, svc) in self.services.iter().enumerate() {
+            let mut prefixes = HashSet::new();
+            let mut defaults = 0;
+            for (j, r) in svc.routes.iter().enumerate() {
+                let at = format!("services[{i}].routes[{j}]");
+                if !hosts.contains(r.route.host.as_str()) {
+                    problems.push(format!("{at}.route.host: no service has host {:?}", r.route.host));
+                }
+                match &r.matches {
+                    None => defaults += 1,
+                    Some(m) if !prefixes.insert(m.key.prefix.clone()) => {
+                        problems.push(format!("{at}.match.key.prefix: {:?} is listed twice", m.key.prefix))
+                    }
+                    Some(_) => {}
+                }
+                for (k, m) in r.mirror.iter().enumerate() {
+                    if !hosts.contains(m.route.host.as_str()) {
+                        problems.push(format!("{at}.mirror[{k}].route.host: no service has host {:?}", m.route.host));
+                    }
+                    if !(0.0..=100.0).contains(&m.percentage.value) {
+                        problems.push(format!(
+                            "{at}.mirror[{k}].percentage.value: {} is not between 0 and 100",
+                            m.percentage.value
+                        ));
+                    }
+                }
+            }
+            if defaults > 1 {
+                problems.push(format!("services[{i}].routes: more than one route without match (default)"));
             }
         }
         let mut listen = HashSet::new();

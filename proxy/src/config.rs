@@ -44,6 +44,8 @@ pub struct ServiceRt {
     pub faults: Vec<FaultRt>,
     /// Sharding: hash only a key's `{tag}`.
     pub hashtags: bool,
+    /// Key-prefix routes, longest prefix first, the default (if any) last.
+    pub routes: Vec<RouteRt>,
     pub auth: Option<Creds>,
     pub client_auth: Option<Creds>,
     pub op_timeout: Duration,
@@ -101,6 +103,69 @@ impl FaultRt {
     }
 }
 
+/// A key-prefix route as the data plane applies it.
+#[derive(Debug, PartialEq)]
+pub struct RouteRt {
+    /// `None` for the default route. Lower-case when `case_insensitive`.
+    pub prefix: Option<Vec<u8>>,
+    pub case_insensitive: bool,
+    pub remove_prefix: bool,
+    /// Host of the service that serves the route.
+    pub target: String,
+    pub mirrors: Vec<MirrorRt>,
+}
+
+#[derive(Debug, PartialEq)]
+pub struct MirrorRt {
+    pub target: String,
+    pub chance: f64,
+    pub writes_only: bool,
+}
+
+impl RouteRt {
+    fn build(routes: &[respmesh_api::proxy::Route]) -> Vec<RouteRt> {
+        let mut out: Vec<RouteRt> = routes
+            .iter()
+            .map(|r| {
+                let ci = r.matches.as_ref().is_some_and(|m| m.key.case_insensitive);
+                RouteRt {
+                    prefix: r.matches.as_ref().map(|m| {
+                        if ci {
+                            m.key.prefix.to_ascii_lowercase().into_bytes()
+                        } else {
+                            m.key.prefix.clone().into_bytes()
+                        }
+                    }),
+                    case_insensitive: ci,
+                    remove_prefix: r.matches.as_ref().is_some_and(|m| m.key.remove_prefix),
+                    target: r.route.host.clone(),
+                    mirrors: r
+                        .mirror
+                        .iter()
+                        .map(|m| MirrorRt {
+                            target: m.route.host.clone(),
+                            chance: m.percentage.value / 100.0,
+                            writes_only: m.exclude_read_commands,
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        // Longest prefix first, whatever the order written; the default last.
+        out.sort_by_key(|r| std::cmp::Reverse(r.prefix.as_ref().map_or(-1, |p| p.len() as i64)));
+        out
+    }
+
+    /// Whether this route takes `key`.
+    pub fn matches(&self, key: &[u8]) -> bool {
+        match &self.prefix {
+            None => true,
+            Some(p) if self.case_insensitive => key.len() >= p.len() && key[..p.len()].eq_ignore_ascii_case(p),
+            Some(p) => key.starts_with(p),
+        }
+    }
+}
+
 /// One configuration snapshot.
 #[derive(Debug)]
 pub struct Runtime {
@@ -133,6 +198,7 @@ impl Runtime {
                 read_policy: svc.read_policy,
                 faults: svc.faults.iter().map(FaultRt::from).collect(),
                 hashtags: svc.enable_hashtagging,
+                routes: RouteRt::build(&svc.routes),
                 auth: read(&svc.auth, "auth")?,
                 client_auth: read(&svc.client_auth, "clientAuth")?,
                 op_timeout: svc.op_timeout.get(),
@@ -239,6 +305,7 @@ mod tests {
             read_policy: Default::default(),
             faults: vec![],
             enable_hashtagging: false,
+            routes: vec![],
         });
         let err = format!("{:#}", Runtime::build(cfg, 1).unwrap_err());
         assert!(err.contains("service svc: auth: cannot read /nonexistent/pw"), "{err}");

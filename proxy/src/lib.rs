@@ -24,6 +24,7 @@ pub mod replies;
 pub mod resp;
 pub mod session;
 mod session_cluster;
+mod session_route;
 pub mod signal;
 pub mod upstream;
 pub mod worker;

@@ -129,6 +129,7 @@ fn one_liner(args: &Args, upstream: &str) -> ProxyConfig {
         read_policy: Default::default(),
         faults: vec![],
         enable_hashtagging: false,
+        routes: vec![],
     });
     cfg.listeners.push(Listener { address: args.listen.to_string(), service: upstream.to_owned() });
     cfg

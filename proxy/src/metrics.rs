@@ -86,6 +86,7 @@ pub struct Metrics {
     pub upstream_timeouts: Family<ServiceLabel, Counter>,
     pub config_reloads: Family<[(&'static str, &'static str); 1], Counter>,
     pub faults: Family<[(&'static str, String); 2], Counter>,
+    pub mirrored: Family<[(&'static str, String); 2], Counter>,
     pub config_generation: Gauge<i64, AtomicI64>,
 }
 
@@ -102,6 +103,7 @@ impl Metrics {
             upstream_timeouts: Family::default(),
             config_reloads: Family::default(),
             faults: Family::default(),
+            mirrored: Family::default(),
             config_generation: Gauge::default(),
         })
     }
@@ -120,6 +122,12 @@ impl Metrics {
     /// Counts one injected fault (`kind`: error or delay).
     pub fn fault(&self, service: &str, kind: &'static str) {
         self.faults.get_or_create(&[("service", service.to_owned()), ("type", kind.to_owned())]).inc();
+    }
+
+    /// Counts one mirrored copy, sent or dropped (mirror unavailable or its queue full).
+    pub fn mirror(&self, target: &str, sent: bool) {
+        let result = if sent { "sent" } else { "dropped" };
+        self.mirrored.get_or_create(&[("mirror", target.to_owned()), ("result", result.to_owned())]).inc();
     }
 
     pub fn reload(&self, ok: bool) {
@@ -155,6 +163,11 @@ impl Metrics {
         );
         registry.register("config_reloads", "Configuration reloads by result", self.config_reloads.clone());
         registry.register("faults_injected", "Faults injected, by service and type", self.faults.clone());
+        registry.register(
+            "mirrored_requests",
+            "Mirrored copies by mirror service and result (sent, dropped)",
+            self.mirrored.clone(),
+        );
         registry.register(
             "config_generation",
             "Generation of the configuration in force",

@@ -59,13 +59,13 @@ enum Want {
 pub struct Session {
     pub(crate) client: Rc<Client>,
     pub(crate) worker: Rc<Worker>,
-    host: String,
+    pub(crate) host: String,
     pub(crate) svc: Arc<ServiceRt>,
     /// The service was removed from the configuration.
     service_gone: bool,
     generation: u64,
     pub(crate) limits: Limits,
-    parser: RequestParser,
+    pub(crate) parser: RequestParser,
     rbuf: BytesMut,
     eof: bool,
     authenticated: bool,
@@ -89,6 +89,8 @@ pub struct Session {
     pub(crate) batch_start: Option<Instant>,
     /// A DELAY fault hit the command being handled: hold its reply this long.
     pub(crate) fault_delay: Option<std::time::Duration>,
+    /// A command is running on a route's service (caches of the session's own do not apply).
+    pub(crate) routing: bool,
 }
 
 impl Session {
@@ -120,6 +122,7 @@ impl Session {
             scratch: BytesMut::new(),
             batch_start: None,
             fault_delay: None,
+            routing: false,
         })
     }
 
@@ -298,6 +301,24 @@ impl Session {
         {
             return step;
         }
+        if !self.svc.routes.is_empty()
+            && let Some(step) = self.routed(frame, argc, spans, cmd, special)
+        {
+            return step;
+        }
+        self.dispatch(frame, argc, spans, cmd, special)
+    }
+
+    /// Runs a command on the session's current service (or, during routing, the route's).
+    pub(crate) fn dispatch(
+        &mut self,
+        frame: &[u8],
+        argc: usize,
+        spans: Spans,
+        cmd: CommandId,
+        special: Special,
+    ) -> Step {
+        let arg = |i: usize| spans.get(frame, i).unwrap_or_default();
         if self.svc.distributed()
             && let Some(step) = self.cluster_command(frame, argc, spans, cmd, special)
         {
@@ -460,10 +481,12 @@ impl Session {
                 p.clone()
             }
             (Want::Current, None) => match &self.shared {
-                Some(s) if s.proto() == proto => s.clone(),
+                Some(s) if s.proto() == proto && !self.routing => s.clone(),
                 _ => {
                     let s = self.worker.shared_upstream(&self.svc, proto, self.limits.max_nesting_depth);
-                    self.shared = Some(s.clone());
+                    if !self.routing {
+                        self.shared = Some(s.clone());
+                    }
                     s
                 }
             },

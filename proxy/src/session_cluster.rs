@@ -22,8 +22,13 @@ const SELECT_IN_CLUSTER: &[u8] = b"-ERR SELECT is not allowed in cluster mode\r\
 
 impl Session {
     fn router(&mut self) -> Rc<ClusterRouter> {
-        if let Some(r) = &self.router {
+        if let Some(r) = &self.router
+            && !self.routing
+        {
             return r.clone();
+        }
+        if self.routing {
+            return self.worker.cluster_router(&self.svc, self.limits.max_nesting_depth);
         }
         let r = self.worker.cluster_router(&self.svc, self.limits.max_nesting_depth);
         self.router = Some(r.clone());

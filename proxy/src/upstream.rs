@@ -371,6 +371,30 @@ impl Upstream {
         inner.inflight.push_back(f);
     }
 
+    /// Sends a mirrored copy of a request; its reply is dropped. Never waits: when this
+    /// upstream is unavailable or already has `limit` requests queued, the copy is dropped and
+    /// `false` returned.
+    pub fn send_mirror(&self, client: &Rc<Client>, frame: &[u8], now: Instant, limit: usize) -> bool {
+        let mut inner = self.inner.borrow_mut();
+        match &inner.state {
+            State::Ready | State::Connecting => {}
+            State::Down { until, .. } if now >= *until => inner.state = State::Connecting,
+            _ => return false,
+        }
+        if inner.raw.is_some() || inner.inflight.len() >= limit {
+            return false;
+        }
+        inner.wbuf.extend_from_slice(frame);
+        let mut f = InFlight::new(client.clone(), 0, CommandId::UNKNOWN, now, true);
+        f.internal = true;
+        inner.inflight.push_back(f);
+        if !inner.wake_queued {
+            inner.wake_queued = true;
+            self.wake.notify();
+        }
+        true
+    }
+
     /// From now on every byte from Redis goes to `client` as it comes. Called with nothing in
     /// flight, just before sending the command that starts the stream (SUBSCRIBE, MONITOR).
     pub fn set_raw(&self, client: Rc<Client>) {
