@@ -132,6 +132,56 @@ wait_port "$cport"
 echo "With a RedisDestination in mode CLUSTER, through respmesh-proxy:"
 port=$cport session redis-cluster "set foo bar" "get foo" "mset a 1 b 2 c 3" "mget a b c foo" "dbsize"
 
+# Scenarios 4 and 6 use both Redis: routes on redis-cluster, redis-single behind them.
+rport=$(free_port)
+radmin=$(free_port)
+routes() {
+  cat >"$work/routes.yaml.tmp" <<YAML
+apiVersion: proxy.respmesh.io/v1alpha1
+kind: ProxyConfig
+listeners:
+  - address: "127.0.0.1:$rport"
+    service: redis-cluster.redis.svc.cluster.local
+services:
+  - host: redis-single.redis.svc.cluster.local
+    endpoints: ["127.0.0.1:$redis_port"]
+    auth: {passwordFile: "$work/password"}
+  - host: redis-cluster.redis.svc.cluster.local
+    mode: CLUSTER
+    endpoints: ["127.0.0.1:${cluster_ports[0]}"]
+    routes:
+$1
+YAML
+  mv "$work/routes.yaml.tmp" "$work/routes.yaml"
+}
+routes "      - match: {key: {prefix: cluster}}
+        route: {host: redis-cluster.redis.svc.cluster.local}
+      - route: {host: redis-single.redis.svc.cluster.local}"
+"$PROXY" --config "$work/routes.yaml" --admin "127.0.0.1:$radmin" --log-level warn &
+pids+=($!)
+wait_port "$rport"
+
+say "Scenario 4: key-prefix routing (cluster* -> redis-cluster, everything else -> redis-single)"
+port=$rport session redis-cluster "set test-route 'this key goes to redis-single'" \
+  "set cluster-test-route 'this key goes to redis-cluster'" "get test-route" "get cluster-test-route"
+echo "And as seen from redis-single itself:"
+port=$redis_port session redis-single "auth n3w-pa55" "get test-route" "get cluster-test-route"
+
+say "Scenario 6: traffic mirroring (redis-cluster, 100% mirrored to redis-single)"
+routes "      - route: {host: redis-cluster.redis.svc.cluster.local}
+        mirror:
+          - route: {host: redis-single.redis.svc.cluster.local}
+            percentage: {value: 100}"
+for _ in $(seq 100); do
+  http_get "http://127.0.0.1:$radmin/config" | grep -q '"generation": 2' && break
+  sleep 0.05
+done
+port=$rport session redis-cluster "set test-traffic-mirroring 'this key goes to both redis-cluster and redis-single'" \
+  "get test-traffic-mirroring"
+sleep 0.2
+echo "And as seen from redis-single itself:"
+port=$redis_port session redis-single "auth n3w-pa55" "get test-traffic-mirroring"
+
 say "What the proxy counted (from http://127.0.0.1:$admin/metrics):"
 http_get "http://127.0.0.1:$admin/metrics" | grep -E '^respmesh_proxy_(commands_total|command_errors_total|config_reloads_total)' || true
 echo
