@@ -81,3 +81,21 @@ fn invalid_faults_are_rejected_with_the_field_named() {
     assert!(err.contains("services[0].faults[0].percentage.value: 150 is not between 0 and 100"), "{err}");
     assert!(err.contains("services[0].faults[0].delay: a DELAY fault needs a delay"), "{err}");
 }
+
+#[test]
+fn a_reload_changes_faults_for_the_next_request_of_an_open_connection() {
+    let redis = Redis::start();
+    let proxy = Proxy::start_config(&config_yaml(&redis.addr(), ""));
+    let mut c = proxy.conn();
+    assert_eq!(c.cmd(&["SET", "k", "v"]), "+OK\r\n");
+    let faults = "    faults:\n      - {type: ERROR, percentage: {value: 100}, commands: [get]}\n";
+    proxy.rewrite_config(&config_yaml(&redis.addr(), faults));
+    assert!(proxy.wait_log("configuration reloaded", Duration::from_secs(5)));
+    assert_eq!(c.cmd(&["GET", "k"]), "-Fault Injected: Error\r\n", "same connection, new policy");
+    proxy.rewrite_config(&config_yaml(&redis.addr(), ""));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while c.cmd(&["GET", "k"]) != "$1\r\nv\r\n" {
+        assert!(Instant::now() < deadline, "the fault was not lifted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
