@@ -227,6 +227,34 @@ def main():
         rows = {}
         measure(rows, targets, args.runs, args.requests)
 
+        # Policies: every key under a prefix route, every command mirrored (100%) to a second
+        # Redis. redis-benchmark's keys all start with "key:".
+        mirror_port = free_port()
+        procs.start(pinned(OTHER_CPUS, ["redis-server", "--port", str(mirror_port), "--bind", "127.0.0.1",
+                                        "--save", "", "--appendonly", "no", "--dir", procs.dir]), mirror_port)
+        rp_port = free_port()
+        rp_conf = os.path.join(procs.dir, "routes.yaml")
+        with open(rp_conf, "w") as f:
+            f.write(f"""apiVersion: proxy.respmesh.io/v1alpha1
+kind: ProxyConfig
+listeners: [{{address: "127.0.0.1:{rp_port}", service: front}}]
+services:
+  - host: backend
+    endpoints: ["127.0.0.1:{redis_port}"]
+  - host: shadow
+    endpoints: ["127.0.0.1:{mirror_port}"]
+  - host: front
+    endpoints: ["127.0.0.1:{redis_port}"]
+    routes:
+      - match: {{key: {{prefix: "key:"}}}}
+        route: {{host: backend}}
+        mirror: [{{route: {{host: shadow}}, percentage: {{value: 100}}}}]
+      - route: {{host: backend}}
+""")
+        rp = procs.start(pinned(PROXY_CPUS, [args.proxy, "--config", rp_conf, "--admin", "off",
+                                             "--log-level", "warn"]), rp_port)
+        measure(rows, [("respmesh-policy", rp_port, rp.pid, False)], args.runs, args.requests)
+
         # Redis Cluster: direct (a cluster-aware redis-benchmark) and respmesh in CLUSTER mode.
         cports = start_cluster(procs)
         rc_port = free_port()
@@ -278,6 +306,18 @@ def main():
                 cpu_s = f"{cpu:10.2f}" if cpu is not None else f"{'-':>10}"
                 ratio = f"{cpu / rows[(test, pipeline, 'respmesh')][3]:16.2f}x" if cpu is not None else f"{'-':>17}"
                 print(f"{test.upper():<5} {pipeline:>3} {name:<16} {rps:>11,.0f} {p50:>7.3f} {p99:>7.3f} {cpu_s} {ratio}")
+    print()
+    print("Policies: a prefix route and a 100% mirror to a second Redis (every command sent twice)")
+    print()
+    hdr3 = f"{'test':<5} {'P':>3} {'target':<16} {'ops/s':>11} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10} {'CPU vs plain':>12}"
+    print(hdr3)
+    print("-" * len(hdr3))
+    for test in ("get", "set"):
+        for pipeline in (1, 16):
+            rps, p50, p99, cpu = rows[(test, pipeline, "respmesh-policy")]
+            plain = rows[(test, pipeline, "respmesh")][3]
+            print(f"{test.upper():<5} {pipeline:>3} {'respmesh-policy':<16} {rps:>11,.0f} {p50:>7.3f} {p99:>7.3f} {cpu:10.2f} "
+                  f"{cpu / plain:11.2f}x")
     print()
     print("Targets (respmesh, same run):")
     checks = []
