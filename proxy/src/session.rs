@@ -735,6 +735,18 @@ impl Session {
     }
 }
 
+/// Commands the proxy answers the same way whatever serves the session (a cluster, routes):
+/// logins, protocol and name changes, QUIT, RESET, `SELECT 0`.
+pub(crate) fn answered_by_proxy(frame: &[u8], argc: usize, spans: Spans, special: Special) -> bool {
+    let arg = |i: usize| spans.get(frame, i).unwrap_or_default();
+    match special {
+        Special::Auth | Special::Hello | Special::Quit | Special::Reset => true,
+        Special::Select => argc == 2 && arg(1) == b"0",
+        Special::Client => matches!(arg(1).to_ascii_uppercase().as_slice(), b"SETNAME" | b"GETNAME"),
+        _ => false,
+    }
+}
+
 /// Compares credentials in constant time (for equal lengths). A missing username means
 /// Redis's `default` user.
 fn creds_match(expected: &Creds, user: Option<&[u8]>, pass: &[u8]) -> bool {

@@ -14,7 +14,7 @@ use crate::cluster::merge::{Combine, Merge, SCAN_NODE_BITS};
 use crate::command::keys::key_positions;
 use crate::command::{CommandId, Special};
 use crate::resp::request::{Spans, args, encode_command};
-use crate::session::{Session, Step};
+use crate::session::{Session, Step, answered_by_proxy};
 use crate::upstream::{InFlight, Kind, Spec, Upstream};
 
 const CROSSSLOT: &[u8] = b"-CROSSSLOT Keys in request don't hash to the same slot\r\n";
@@ -50,8 +50,7 @@ impl Session {
         cmd: CommandId,
         special: Special,
     ) -> Option<Step> {
-        let arg = |i: usize| spans.get(frame, i).unwrap_or_default();
-        if matches!(special, Special::Auth | Special::Hello | Special::Quit | Special::Reset) {
+        if answered_by_proxy(frame, argc, spans, special) {
             return None;
         }
         if let Some(step) = self.settle_pin() {
@@ -59,12 +58,10 @@ impl Session {
         }
         let in_tx = self.in_multi || self.watching || self.multi_pending;
         Some(match special {
-            Special::Select if argc == 2 && arg(1) == b"0" => return None,
             Special::Select => self.reply_local(cmd, SELECT_IN_CLUSTER),
             Special::Client => {
-                let sub = arg(1).to_ascii_uppercase();
+                let sub = spans.get(frame, 1).unwrap_or_default().to_ascii_uppercase();
                 match sub.as_slice() {
-                    b"SETNAME" | b"GETNAME" => return None,
                     b"ID" | b"INFO" | b"TRACKING" | b"REPLY" | b"CACHING" | b"NO-EVICT" | b"NO-TOUCH" | b"GETREDIR"
                     | b"TRACKINGINFO" => self.not_yet(cmd, &format!("CLIENT {}", String::from_utf8_lossy(&sub))),
                     _ => self.keyless(frame, cmd),

@@ -14,7 +14,7 @@ use crate::command::keys::key_positions;
 use crate::command::{CommandId, Special, flags};
 use crate::config::{RouteRt, ServiceRt};
 use crate::resp::request::{Parsed, RequestParser, Spans, args, encode_command};
-use crate::session::{Session, Step};
+use crate::session::{Session, Step, answered_by_proxy};
 
 /// Mirrored requests queued on one mirror connection beyond which copies are dropped.
 const MIRROR_QUEUE_LIMIT: usize = 10_000;
@@ -29,14 +29,8 @@ impl Session {
         cmd: CommandId,
         special: Special,
     ) -> Option<Step> {
-        let arg = |i: usize| spans.get(frame, i).unwrap_or_default();
-        match special {
-            Special::Auth | Special::Hello | Special::Quit | Special::Reset => return None,
-            Special::Select if argc == 2 && arg(1) == b"0" => return None,
-            Special::Client if matches!(arg(1).to_ascii_uppercase().as_slice(), b"SETNAME" | b"GETNAME") => {
-                return None;
-            }
-            _ => {}
+        if answered_by_proxy(frame, argc, spans, special) {
+            return None;
         }
         let svc = self.svc.clone();
         let all: Vec<&[u8]> = args(frame).collect();
