@@ -87,6 +87,7 @@ pub struct Metrics {
     pub config_reloads: Family<[(&'static str, &'static str); 1], Counter>,
     pub faults: Family<[(&'static str, String); 2], Counter>,
     pub mirrored: Family<[(&'static str, String); 2], Counter>,
+    pub routed: Family<[(&'static str, String); 2], Counter>,
     pub config_generation: Gauge<i64, AtomicI64>,
 }
 
@@ -104,6 +105,7 @@ impl Metrics {
             config_reloads: Family::default(),
             faults: Family::default(),
             mirrored: Family::default(),
+            routed: Family::default(),
             config_generation: Gauge::default(),
         })
     }
@@ -122,6 +124,11 @@ impl Metrics {
     /// Counts one injected fault (`kind`: error or delay).
     pub fn fault(&self, service: &str, kind: &'static str) {
         self.faults.get_or_create(&[("service", service.to_owned()), ("type", kind.to_owned())]).inc();
+    }
+
+    /// Counts one command sent by `service`'s routes to `target`.
+    pub fn route(&self, service: &str, target: &str) {
+        self.routed.get_or_create(&[("service", service.to_owned()), ("route", target.to_owned())]).inc();
     }
 
     /// Counts one mirrored copy, sent or dropped (mirror unavailable or its queue full).
@@ -167,6 +174,11 @@ impl Metrics {
             "mirrored_requests",
             "Mirrored copies by mirror service and result (sent, dropped)",
             self.mirrored.clone(),
+        );
+        registry.register(
+            "routed_requests",
+            "Commands sent by a service's routes, by route target",
+            self.routed.clone(),
         );
         registry.register(
             "config_generation",

@@ -88,6 +88,10 @@ impl Session {
             None => spans,
         };
         let step = self.on_service(target, |s| s.dispatch(frame, argc, spans, cmd, special));
+        if matches!(step, Step::Done) {
+            // Not when the command waits to be handled again (then it is counted once, later).
+            self.worker.metrics.route(&svc.host, &r.target);
+        }
         if matches!(step, Step::Done) && !r.mirrors.is_empty() {
             self.mirror(r, frame, cmd, positions.first().map(|&p| all[p]));
         }

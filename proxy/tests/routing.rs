@@ -50,6 +50,13 @@ fn scenario_4_keys_go_to_the_service_of_their_prefix() {
     );
     // Keyless commands take the default route.
     assert_eq!(c.cmd(&["DBSIZE"]), ":1\r\n");
+    let to = |route: &str| {
+        proxy.metric(&format!(
+            "respmesh_proxy_routed_requests_total{{service=\"redis-cluster.redis.svc.cluster.local\",route=\"{route}\"}}"
+        ))
+    };
+    assert_eq!(to("redis-cluster.redis.svc.cluster.local"), 2.0);
+    assert_eq!(to("redis-single.redis.svc.cluster.local"), 3.0);
 }
 
 #[test]
