@@ -62,7 +62,9 @@ pub struct Service {
     /// recognised as belonging to this service.
     #[serde(default)]
     pub addresses: Vec<String>,
-    /// `host:port` of the Redis servers behind the service.
+    /// `host:port` of the Redis servers behind the service. With none (and no discovery
+    /// endpoints), clients of the service get an error saying so.
+    #[serde(default)]
     pub endpoints: Vec<String>,
     #[serde(default)]
     pub mode: Mode,
@@ -231,6 +233,14 @@ pub struct Credentials {
     pub password: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_file: Option<String>,
+    /// A key of the credentials Secret (`--credentials-dir`, or the Secret watched with
+    /// `--configmap`) holding the username.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username_key: Option<String>,
+    /// A key of the credentials Secret holding the password. When the key is missing the
+    /// service refuses its clients (fail closed) instead of running without the password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_key: Option<String>,
 }
 
 impl Credentials {
@@ -241,6 +251,8 @@ impl Credentials {
             username_file: self.username_file.clone(),
             password: self.password.as_ref().map(|_| "<redacted>".to_owned()),
             password_file: self.password_file.clone(),
+            username_key: self.username_key.clone(),
+            password_key: self.password_key.clone(),
         }
     }
 }
@@ -344,9 +356,6 @@ impl ProxyConfig {
                 problems.push(format!("{at}.host: must not be empty"));
             } else if !hosts.insert(svc.host.as_str()) {
                 problems.push(format!("{at}.host: {:?} is listed twice", svc.host));
-            }
-            if svc.endpoints.is_empty() && svc.cluster.discovery_endpoints.is_empty() {
-                problems.push(format!("{at}.endpoints: at least one endpoint is needed"));
             }
             for (j, ep) in svc.cluster.discovery_endpoints.iter().enumerate() {
                 if let Err(why) = check_host_port(ep) {
@@ -489,14 +498,18 @@ fn check_host_port(s: &str) -> Result<(), &'static str> {
 }
 
 fn check_credentials(at: &str, c: &Credentials, problems: &mut Vec<String>) {
-    match (&c.password, &c.password_file) {
-        (Some(_), Some(_)) => problems.push(format!("{at}: give password or passwordFile, not both")),
-        (None, None) => problems.push(format!("{at}: a password or passwordFile is needed")),
-        (Some(p), None) if p.is_empty() => problems.push(format!("{at}.password: is empty")),
-        _ => {}
+    let passwords = [c.password.is_some(), c.password_file.is_some(), c.password_key.is_some()];
+    match passwords.iter().filter(|x| **x).count() {
+        0 => problems.push(format!("{at}: one of password, passwordFile or passwordKey is needed")),
+        1 => {}
+        _ => problems.push(format!("{at}: give only one of password, passwordFile and passwordKey")),
     }
-    if c.username.is_some() && c.username_file.is_some() {
-        problems.push(format!("{at}: give username or usernameFile, not both"));
+    if c.password.as_ref().is_some_and(|p| p.is_empty()) {
+        problems.push(format!("{at}.password: is empty"));
+    }
+    let usernames = [c.username.is_some(), c.username_file.is_some(), c.username_key.is_some()];
+    if usernames.iter().filter(|x| **x).count() > 1 {
+        problems.push(format!("{at}: give at most one of username, usernameFile and usernameKey"));
     }
 }
 
@@ -549,7 +562,7 @@ apiVersion: proxy.respmesh.io/v9
 kind: ProxyConfig
 listeners: [{address: "nowhere", service: missing}]
 services:
-  - {host: a, endpoints: []}
+  - {host: a, endpoints: [], clientAuth: {usernameKey: u}}
   - {host: a, endpoints: ["localhost"], auth: {password: x, passwordFile: /p}}
 "#;
         let Err(ConfigError::Invalid(problems)) = ProxyConfig::from_yaml(text) else {
@@ -558,10 +571,10 @@ services:
         let all = problems.join("\n");
         for want in [
             "apiVersion",
-            "services[0].endpoints: at least one",
+            "services[0].clientAuth: one of password, passwordFile or passwordKey is needed",
             "services[1].host: \"a\" is listed twice",
             "services[1].endpoints[0]: \"localhost\" is not host:port",
-            "services[1].auth: give password or passwordFile, not both",
+            "services[1].auth: give only one of password, passwordFile and passwordKey",
             "listeners[0].address",
             "listeners[0].service: no service has host \"missing\"",
         ] {

@@ -20,8 +20,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct AdminState {
     pub config: Arc<config::Shared>,
     pub metrics: Arc<Metrics>,
-    /// Listeners are bound and the proxy is not shutting down.
-    pub ready: AtomicBool,
+    /// Listeners are bound, a configuration is in force, and the proxy is not shutting down.
+    pub ready: Arc<AtomicBool>,
 }
 
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {

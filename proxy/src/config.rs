@@ -1,7 +1,7 @@
 //! The configuration the proxy runs with: the validated file (or flags) turned into the typed,
 //! ready-to-use values the data plane reads, and the atomic swap that replaces it on reload.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -51,6 +51,9 @@ pub struct ServiceRt {
     pub op_timeout: Duration,
     pub op_timeout_text: respmesh_api::Duration,
     pub connect_timeout: Duration,
+    /// Why this service refuses its clients (fail closed): a credential it needs is missing,
+    /// or it has no endpoints. `None` when it serves.
+    pub refused: Option<String>,
 }
 
 impl ServiceRt {
@@ -59,8 +62,9 @@ impl ServiceRt {
         self.endpoints == other.endpoints && self.auth == other.auth && self.mode == other.mode
     }
 
+    /// The first endpoint; empty when there is none (such a service is `refused`).
     pub fn endpoint(&self) -> &str {
-        &self.endpoints[0]
+        self.endpoints.first().map_or("", String::as_str)
     }
 
     /// Keys go to one of several servers: a Redis Cluster, or standalone endpoints sharded by
@@ -166,6 +170,9 @@ impl RouteRt {
     }
 }
 
+/// The credentials Secret: key to value, values trimmed. `None` when the proxy has none.
+pub type SecretData = Option<BTreeMap<String, Vec<u8>>>;
+
 /// One configuration snapshot.
 #[derive(Debug)]
 pub struct Runtime {
@@ -174,22 +181,48 @@ pub struct Runtime {
     pub listeners: Vec<(SocketAddr, String)>,
     pub limits: Limits,
     pub generation: u64,
+    /// The credentials Secret this snapshot was built with.
+    pub secret: SecretData,
 }
 
 impl Runtime {
     /// Builds a snapshot from a validated configuration, reading credential files.
     pub fn build(source: ProxyConfig, generation: u64) -> anyhow::Result<Runtime> {
+        Runtime::build_with(source, generation, None, &[])
+    }
+
+    /// Builds a snapshot with the credentials Secret `secret` and extra listeners `binds`
+    /// (address, service host) that are not checked against the services: a listener whose
+    /// service is not (yet) configured answers its clients with an error saying so.
+    pub fn build_with(
+        source: ProxyConfig,
+        generation: u64,
+        secret: SecretData,
+        binds: &[(SocketAddr, String)],
+    ) -> anyhow::Result<Runtime> {
         source.validate()?;
         let mut services = HashMap::new();
         for svc in &source.services {
-            let read = |c: &Option<Credentials>, what: &str| -> anyhow::Result<Option<Creds>> {
-                c.as_ref().map(|c| read_creds(c).with_context(|| format!("service {}: {what}", svc.host))).transpose()
+            let mut refused = None;
+            let mut read = |c: &Option<Credentials>, what: &str| -> anyhow::Result<Option<Creds>> {
+                let Some(c) = c else { return Ok(None) };
+                match read_creds(c, secret.as_ref()) {
+                    Ok(creds) => Ok(Some(creds)),
+                    Err(CredsError::Key(why)) => {
+                        refused.get_or_insert(format!("its {what} is unavailable: {why}"));
+                        Ok(None)
+                    }
+                    Err(CredsError::Other(e)) => Err(e.context(format!("service {}: {what}", svc.host))),
+                }
             };
+            let auth = read(&svc.auth, "auth")?;
+            let client_auth = read(&svc.client_auth, "clientAuth")?;
             let endpoints = if svc.mode == Mode::Cluster && !svc.cluster.discovery_endpoints.is_empty() {
                 svc.cluster.discovery_endpoints.clone()
             } else {
                 svc.endpoints.clone()
             };
+            let no_endpoints = endpoints.is_empty();
             let rt = ServiceRt {
                 host: svc.host.clone(),
                 mode: svc.mode,
@@ -199,36 +232,84 @@ impl Runtime {
                 faults: svc.faults.iter().map(FaultRt::from).collect(),
                 hashtags: svc.enable_hashtagging,
                 routes: RouteRt::build(&svc.routes),
-                auth: read(&svc.auth, "auth")?,
-                client_auth: read(&svc.client_auth, "clientAuth")?,
+                refused: refused.or_else(|| no_endpoints.then(|| "it has no ready endpoints".to_owned())),
+                auth,
+                client_auth,
                 op_timeout: svc.op_timeout.get(),
                 op_timeout_text: svc.op_timeout,
                 connect_timeout: svc.connect_timeout.get(),
             };
+            if let Some(why) = &rt.refused {
+                tracing::warn!(service = %rt.host, reason = %why, "service refuses its clients until this is fixed");
+            }
             services.insert(svc.host.clone(), Arc::new(rt));
         }
-        let listeners =
+        let mut listeners: Vec<(SocketAddr, String)> =
             source.listeners.iter().map(|l| (l.address.parse().expect("validated"), l.service.clone())).collect();
+        for (addr, host) in binds {
+            if listeners.iter().any(|(a, _)| a == addr) {
+                bail!("--bind {addr}: the configuration already listens there");
+            }
+            listeners.push((*addr, host.clone()));
+        }
         let limits = Limits::from(&source.limits);
-        Ok(Runtime { source, services, listeners, limits, generation })
+        Ok(Runtime { source, services, listeners, limits, generation, secret })
     }
 }
 
-fn read_creds(c: &Credentials) -> anyhow::Result<Creds> {
-    let username = match (&c.username, &c.username_file) {
-        (Some(u), _) => Some(u.as_bytes().to_vec()),
-        (None, Some(path)) => Some(read_secret_file(Path::new(path))?),
-        (None, None) => None,
+enum CredsError {
+    /// A key of the credentials Secret is missing: the service fails closed.
+    Key(String),
+    /// Anything else rejects the configuration.
+    Other(anyhow::Error),
+}
+
+fn secret_key(secret: Option<&BTreeMap<String, Vec<u8>>>, key: &str) -> Result<Vec<u8>, CredsError> {
+    let Some(data) = secret else {
+        return Err(CredsError::Key(format!("key {key:?} is named, but the proxy has no credentials Secret")));
     };
-    let password = match (&c.password, &c.password_file) {
-        (Some(p), _) => p.as_bytes().to_vec(),
-        (None, Some(path)) => read_secret_file(Path::new(path))?,
-        (None, None) => bail!("a password or passwordFile is needed"),
+    match data.get(key) {
+        Some(v) => Ok(v.clone()),
+        None => Err(CredsError::Key(format!("the credentials Secret has no key {key:?}"))),
+    }
+}
+
+fn read_creds(c: &Credentials, secret: Option<&BTreeMap<String, Vec<u8>>>) -> Result<Creds, CredsError> {
+    let file = |path: &str| read_secret_file(Path::new(path)).map_err(CredsError::Other);
+    let username = match (&c.username, &c.username_file, &c.username_key) {
+        (Some(u), _, _) => Some(u.as_bytes().to_vec()),
+        (None, Some(path), _) => Some(file(path)?),
+        (None, None, Some(key)) => Some(secret_key(secret, key)?),
+        (None, None, None) => None,
+    };
+    let password = match (&c.password, &c.password_file, &c.password_key) {
+        (Some(p), _, _) => p.as_bytes().to_vec(),
+        (None, Some(path), _) => file(path)?,
+        (None, None, Some(key)) => secret_key(secret, key)?,
+        (None, None, None) => return Err(CredsError::Other(anyhow::anyhow!("a password is needed"))),
     };
     if password.is_empty() {
-        bail!("the password is empty");
+        return Err(match &c.password_key {
+            Some(key) => CredsError::Key(format!("key {key:?} of the credentials Secret is empty")),
+            None => CredsError::Other(anyhow::anyhow!("the password is empty")),
+        });
     }
     Ok(Creds { username, password: Secret(password) })
+}
+
+/// Reads a directory holding one file per key (a mounted Secret volume) into a map; names
+/// starting with `.` (the kubelet's `..data` and timestamped directories) are skipped.
+pub fn read_secret_dir(dir: &Path) -> anyhow::Result<BTreeMap<String, Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || !entry.path().is_file() {
+            continue;
+        }
+        out.insert(name, read_secret_file(&entry.path())?);
+    }
+    Ok(out)
 }
 
 /// Reads a credential file; surrounding white space (a trailing newline, as `echo` and
@@ -309,5 +390,73 @@ mod tests {
         });
         let err = format!("{:#}", Runtime::build(cfg, 1).unwrap_err());
         assert!(err.contains("service svc: auth: cannot read /nonexistent/pw"), "{err}");
+    }
+
+    fn keyed_service() -> ProxyConfig {
+        let mut cfg = ProxyConfig::from_yaml(
+            r#"
+apiVersion: proxy.respmesh.io/v1alpha1
+kind: ProxyConfig
+services:
+  - host: a
+    endpoints: ["127.0.0.1:6379"]
+    auth: {passwordKey: a.upstream-password, usernameKey: a.upstream-username}
+    clientAuth: {passwordKey: a.client-password}
+  - host: b
+    endpoints: ["127.0.0.1:6379"]
+  - host: c
+    endpoints: []
+"#,
+        )
+        .unwrap();
+        cfg.limits = Default::default();
+        cfg
+    }
+
+    #[test]
+    fn credentials_come_from_secret_keys() {
+        let secret: BTreeMap<String, Vec<u8>> = [
+            ("a.upstream-password", "up"),
+            ("a.upstream-username", "proxy"),
+            ("a.client-password", "cl"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.as_bytes().to_vec()))
+        .collect();
+        let rt = Runtime::build_with(keyed_service(), 1, Some(secret), &[]).unwrap();
+        let a = &rt.services["a"];
+        assert_eq!(a.refused, None);
+        assert_eq!(a.auth.as_ref().unwrap().username.as_deref(), Some(&b"proxy"[..]));
+        assert_eq!(a.auth.as_ref().unwrap().password, Secret(b"up".to_vec()));
+        assert_eq!(a.client_auth.as_ref().unwrap().password, Secret(b"cl".to_vec()));
+    }
+
+    /// A missing key never means "no password": the service refuses clients, the others serve.
+    #[test]
+    fn a_missing_secret_key_fails_closed_for_that_service_only() {
+        let secret: BTreeMap<String, Vec<u8>> =
+            [("a.upstream-password".to_owned(), b"up".to_vec()), ("a.upstream-username".to_owned(), b"u".to_vec())]
+                .into_iter()
+                .collect();
+        let rt = Runtime::build_with(keyed_service(), 1, Some(secret), &[]).unwrap();
+        let why = rt.services["a"].refused.as_deref().unwrap();
+        assert!(why.contains("clientAuth") && why.contains("a.client-password"), "{why}");
+        assert!(rt.services["a"].client_auth.is_none());
+        assert_eq!(rt.services["b"].refused, None);
+        assert_eq!(rt.services["c"].refused.as_deref(), Some("it has no ready endpoints"));
+
+        let rt = Runtime::build_with(keyed_service(), 1, None, &[]).unwrap();
+        let why = rt.services["a"].refused.as_deref().unwrap();
+        assert!(why.contains("no credentials Secret"), "{why}");
+    }
+
+    #[test]
+    fn secret_directories_skip_kubelet_bookkeeping() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("k"), "v\n").unwrap();
+        std::fs::create_dir(dir.path().join("..2026_11_25")).unwrap();
+        std::fs::write(dir.path().join("..data"), "x").unwrap();
+        let data = read_secret_dir(dir.path()).unwrap();
+        assert_eq!(data.into_iter().collect::<Vec<_>>(), vec![("k".to_owned(), b"v".to_vec())]);
     }
 }

@@ -7,7 +7,8 @@
 //! - [`client`]: a client's ordered reply queue, as upstreams see it;
 //! - [`upstream`]: connections to Redis, shared or dedicated;
 //! - [`worker`]: threads, listeners, per-thread connection pools;
-//! - [`config`] and [`reload`]: the running configuration and its hot reload;
+//! - [`config`] and [`reload`]: the running configuration and its hot reload from a file;
+//! - [`kube_source`]: the configuration from a ConfigMap and Secret, watched through the API;
 //! - [`admin`] and [`metrics`]: `/metrics`, `/ready`, `/live`, `/config`;
 //! - [`replies`]: every reply the proxy makes itself.
 #![forbid(unsafe_code)]
@@ -17,6 +18,7 @@ pub mod client;
 pub mod cluster;
 pub mod command;
 pub mod config;
+pub mod kube_source;
 pub mod metrics;
 pub mod net;
 pub mod reload;
@@ -30,7 +32,6 @@ pub mod upstream;
 pub mod worker;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -45,8 +46,10 @@ use crate::metrics::Metrics;
 
 /// Where the configuration comes from.
 pub enum Source {
-    /// A file, watched for changes.
-    File(PathBuf),
+    /// A file (and a credentials directory), watched for changes.
+    File(reload::FileSource),
+    /// A ConfigMap and its credentials Secret, watched through the Kubernetes API.
+    Kube(kube_source::KubeSource),
     /// Built from command-line flags; fixed for the life of the process.
     Fixed(Box<respmesh_api::proxy::ProxyConfig>),
 }
@@ -61,7 +64,10 @@ pub struct Options {
 /// Runs the proxy until SIGTERM or SIGINT, then drains and returns.
 pub fn run(opts: Options) -> anyhow::Result<()> {
     let rt = match &opts.source {
-        Source::File(path) => reload::load(path, 1)?,
+        Source::File(src) => src.load(1)?,
+        // Nothing is served until the ConfigMap has been read, but --bind listeners are bound
+        // at once (their clients are told the service is not configured yet).
+        Source::Kube(src) => Runtime::build_with(respmesh_api::proxy::ProxyConfig::empty(), 1, None, &src.binds)?,
         Source::Fixed(cfg) => Runtime::build((**cfg).clone(), 1)?,
     };
     if opts.workers > 1 && rt.listeners.iter().any(|(a, _)| a.port() == 0) {
@@ -69,9 +75,10 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     }
     // Watch before serving: a change made once the proxy says it listens is never missed.
     let file_watch = match &opts.source {
-        Source::File(path) => Some(reload::FileWatch::new(path.clone(), &rt)),
-        Source::Fixed(_) => None,
+        Source::File(src) => Some(reload::FileWatch::new(src.clone(), &rt)),
+        Source::Kube(_) | Source::Fixed(_) => None,
     };
+    let ready = Arc::new(AtomicBool::new(!matches!(opts.source, Source::Kube(_))));
     let config = config::Shared::new(rt);
     let metrics = Metrics::new();
     metrics.config_generation.set(1);
@@ -92,8 +99,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
 
     let main_rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     main_rt.block_on(async move {
-        let state =
-            Arc::new(AdminState { config: config.clone(), metrics: metrics.clone(), ready: AtomicBool::new(true) });
+        let state = Arc::new(AdminState { config: config.clone(), metrics: metrics.clone(), ready: ready.clone() });
         if let Some(addr) = opts.admin {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
@@ -103,6 +109,8 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         }
         if let Some(fw) = file_watch {
             tokio::spawn(reload::watch_file(fw, config.clone(), metrics.clone(), gen_tx));
+        } else if let Source::Kube(src) = opts.source {
+            tokio::spawn(kube_source::watch(src, config.clone(), metrics.clone(), gen_tx, ready.clone()));
         }
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {

@@ -6,16 +6,32 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{ArgGroup, Parser, ValueEnum};
 use respmesh_api::proxy::{Credentials, Listener, ProxyConfig, Service};
+use respmesh_proxy::kube_source::KubeSource;
 use respmesh_proxy::{Options, Source};
 
 /// A transparent, multiplexing Redis (RESP) proxy: authentication offload, client passwords,
 /// connection sharing. Run it with a configuration file, or with flags for one upstream.
 #[derive(Parser, Debug)]
-#[command(version, group(ArgGroup::new("source").required(true).args(["config", "upstream"])))]
+#[command(version, group(ArgGroup::new("source").required(true).args(["config", "upstream", "configmap"])))]
 struct Args {
     /// Configuration file (YAML, schema proxy.respmesh.io/v1alpha1; see docs/config.md).
-    #[arg(long, env = "RESPMESH_CONFIG", conflicts_with_all = ["listen", "upstream"])]
+    #[arg(long, env = "RESPMESH_CONFIG", conflicts_with_all = ["listen", "upstream", "configmap"])]
     config: Option<PathBuf>,
+    /// Directory of credential files named by key (a mounted Secret), for `passwordKey` and
+    /// `usernameKey` in the configuration file.
+    #[arg(long, requires = "config")]
+    credentials_dir: Option<PathBuf>,
+    /// The operator's ConfigMap, NAMESPACE/NAME, watched through the Kubernetes API (in-cluster
+    /// credentials, or KUBECONFIG).
+    #[arg(long, env = "RESPMESH_CONFIGMAP", conflicts_with_all = ["listen", "upstream"])]
+    configmap: Option<String>,
+    /// The credentials Secret beside the ConfigMap (with --configmap).
+    #[arg(long, default_value = respmesh_proxy::kube_source::DEFAULT_SECRET)]
+    credentials_secret: String,
+    /// Also listen on ADDRESS for the clients of service HOST (repeatable), e.g.
+    /// 127.0.0.1:6380=redis-single.redis.svc.cluster.local. With --config or --configmap.
+    #[arg(long = "bind", value_name = "ADDRESS=HOST", conflicts_with = "upstream")]
+    binds: Vec<String>,
     /// Address to listen on (with --upstream).
     #[arg(long, default_value = "127.0.0.1:6380")]
     listen: SocketAddr,
@@ -91,16 +107,32 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let source = match (&args.config, &args.upstream) {
-        (Some(path), _) => Source::File(path.clone()),
-        (None, Some(upstream)) => Source::Fixed(Box::new(one_liner(&args, upstream))),
-        (None, None) => unreachable!("clap requires one"),
+    let binds = args.binds.iter().map(|b| parse_bind(b)).collect::<anyhow::Result<Vec<_>>>()?;
+    let source = match (&args.config, &args.upstream, &args.configmap) {
+        (Some(path), _, _) => Source::File(respmesh_proxy::reload::FileSource {
+            path: path.clone(),
+            credentials_dir: args.credentials_dir.clone(),
+            binds,
+        }),
+        (None, Some(upstream), _) => Source::Fixed(Box::new(one_liner(&args, upstream))),
+        (None, None, Some(cm)) => {
+            let (namespace, configmap) = KubeSource::parse_ref(cm).context("--configmap")?;
+            Source::Kube(KubeSource { namespace, configmap, secret: args.credentials_secret.clone(), binds })
+        }
+        (None, None, None) => unreachable!("clap requires one"),
     };
     let admin = match args.admin.as_str() {
         "off" | "" => None,
         a => Some(a.parse().with_context(|| format!("--admin {a:?} is not an IP:port address"))?),
     };
     respmesh_proxy::run(Options { source, admin, workers: args.workers, drain_timeout: args.drain_timeout.get() })
+}
+
+fn parse_bind(s: &str) -> anyhow::Result<(SocketAddr, String)> {
+    let (addr, host) = s.split_once('=').with_context(|| format!("--bind {s:?}: expected ADDRESS=HOST"))?;
+    let addr = addr.parse().with_context(|| format!("--bind {s:?}: {addr:?} is not an IP:port address"))?;
+    anyhow::ensure!(!host.is_empty(), "--bind {s:?}: the service host is empty");
+    Ok((addr, host.to_owned()))
 }
 
 fn one_liner(args: &Args, upstream: &str) -> ProxyConfig {

@@ -5,6 +5,7 @@
 //! metric, and the one in force keeps serving.
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,19 +19,39 @@ use tracing::{error, info, warn};
 use crate::config::{self, Runtime};
 use crate::metrics::Metrics;
 
-/// Reads and builds the configuration in `path`.
-pub fn load(path: &Path, generation: u64) -> anyhow::Result<Runtime> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let source = ProxyConfig::from_yaml(&text).with_context(|| format!("in {}", path.display()))?;
-    Runtime::build(source, generation).with_context(|| format!("in {}", path.display()))
+/// A configuration file, the credentials directory it may name keys of, and listeners added
+/// from the command line.
+#[derive(Clone, Debug)]
+pub struct FileSource {
+    pub path: PathBuf,
+    pub credentials_dir: Option<PathBuf>,
+    pub binds: Vec<(SocketAddr, String)>,
 }
 
-/// Applies `path` if it differs from the configuration in force. Returns whether it changed.
-pub fn reload(path: &Path, shared: &config::Shared, metrics: &Metrics, generations: &watch::Sender<u64>) -> bool {
+impl FileSource {
+    /// Reads and builds the configuration.
+    pub fn load(&self, generation: u64) -> anyhow::Result<Runtime> {
+        let path = &self.path;
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let source = ProxyConfig::from_yaml(&text).with_context(|| format!("in {}", path.display()))?;
+        let secret = self.credentials_dir.as_deref().map(config::read_secret_dir).transpose()?;
+        Runtime::build_with(source, generation, secret, &self.binds).with_context(|| format!("in {}", path.display()))
+    }
+}
+
+/// Puts a newly built configuration in force if it differs from the current one; a build
+/// error is logged and counted, and the configuration in force keeps serving. Returns whether
+/// the configuration changed.
+pub fn apply(
+    built: anyhow::Result<Runtime>,
+    shared: &config::Shared,
+    metrics: &Metrics,
+    generations: &watch::Sender<u64>,
+) -> bool {
     let current = shared.load();
-    match load(path, shared.next_generation()) {
+    match built {
         Ok(rt) => {
-            if rt.source == current.source && rt.services == current.services {
+            if rt.source == current.source && rt.services == current.services && rt.listeners == current.listeners {
                 return false;
             }
             let generation = rt.generation;
@@ -53,11 +74,17 @@ pub fn reload(path: &Path, shared: &config::Shared, metrics: &Metrics, generatio
     }
 }
 
-fn watched_dirs(path: &Path, rt: &Runtime) -> BTreeSet<PathBuf> {
+/// Applies the file if it differs from the configuration in force. Returns whether it changed.
+pub fn reload(src: &FileSource, shared: &config::Shared, metrics: &Metrics, generations: &watch::Sender<u64>) -> bool {
+    apply(src.load(shared.next_generation()), shared, metrics, generations)
+}
+
+fn watched_dirs(src: &FileSource, rt: &Runtime) -> BTreeSet<PathBuf> {
     let mut dirs = BTreeSet::new();
     let parent =
         |p: &Path| p.parent().map(|d| if d.as_os_str().is_empty() { PathBuf::from(".") } else { d.to_path_buf() });
-    dirs.extend(parent(path));
+    dirs.extend(parent(&src.path));
+    dirs.extend(src.credentials_dir.clone());
     for svc in &rt.source.services {
         for creds in [&svc.auth, &svc.client_auth].into_iter().flatten() {
             for f in [&creds.password_file, &creds.username_file].into_iter().flatten() {
@@ -70,7 +97,7 @@ fn watched_dirs(path: &Path, rt: &Runtime) -> BTreeSet<PathBuf> {
 
 /// Watches the configuration file and the credential files it names.
 pub struct FileWatch {
-    path: PathBuf,
+    src: FileSource,
     watcher: Option<notify::RecommendedWatcher>,
     events: mpsc::UnboundedReceiver<()>,
     watching: BTreeSet<PathBuf>,
@@ -78,7 +105,7 @@ pub struct FileWatch {
 
 impl FileWatch {
     /// Starts watching at once, so that no change made after this call is missed.
-    pub fn new(path: PathBuf, current: &Runtime) -> FileWatch {
+    pub fn new(src: FileSource, current: &Runtime) -> FileWatch {
         let (tx, events) = mpsc::unbounded_channel();
         let watcher = match notify::recommended_watcher(move |_event| {
             let _ = tx.send(());
@@ -89,14 +116,14 @@ impl FileWatch {
                 None
             }
         };
-        let mut w = FileWatch { path, watcher, events, watching: BTreeSet::new() };
+        let mut w = FileWatch { src, watcher, events, watching: BTreeSet::new() };
         w.update(current);
         w
     }
 
     fn update(&mut self, current: &Runtime) {
         let Some(watcher) = self.watcher.as_mut() else { return };
-        let want = watched_dirs(&self.path, current);
+        let want = watched_dirs(&self.src, current);
         for dir in want.difference(&self.watching) {
             if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
                 warn!(dir = %dir.display(), error = %e, "cannot watch a configuration directory");
@@ -116,10 +143,10 @@ pub async fn watch_file(
     metrics: Arc<Metrics>,
     generations: watch::Sender<u64>,
 ) {
-    let path = fw.path.clone();
+    let src = fw.src.clone();
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     // A change between the first load and the start of the watch is picked up here.
-    reload(&path, &shared, &metrics, &generations);
+    reload(&src, &shared, &metrics, &generations);
     loop {
         tokio::select! {
             got = fw.events.recv() => {
@@ -134,7 +161,7 @@ pub async fn watch_file(
                 info!("SIGHUP: reloading the configuration");
             }
         }
-        reload(&path, &shared, &metrics, &generations);
+        reload(&src, &shared, &metrics, &generations);
         let current = shared.load();
         fw.update(&current);
     }

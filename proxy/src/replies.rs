@@ -68,6 +68,10 @@ pub fn service_gone(service: &str) -> Bytes {
     error_line(format_args!("respmesh: service {service} is no longer configured"))
 }
 
+pub fn service_refused(service: &str, why: &str) -> Bytes {
+    error_line(format_args!("respmesh: service {service} refuses clients: {why}"))
+}
+
 /// A null in the client's protocol.
 pub fn null(proto: u8) -> &'static [u8] {
     if proto >= 3 { b"_\r\n" } else { b"$-1\r\n" }

@@ -290,6 +290,9 @@ impl Session {
         if self.service_gone {
             return self.reply_local(cmd, &replies::service_gone(&self.host));
         }
+        if let Some(why) = self.svc.refused.clone() {
+            return self.reply_local(cmd, &replies::service_refused(&self.host, &why));
+        }
         let special = cmd.special();
         if !self.authenticated && !matches!(special, Special::Auth | Special::Hello | Special::Quit) {
             return self.reply_local(cmd, replies::NOAUTH);

@@ -539,6 +539,10 @@ impl Upstream {
     }
 
     async fn connect(&self, svc: &ServiceRt, endpoint: &str) -> Result<TcpStream, ConnectError> {
+        if let Some(why) = &svc.refused {
+            // Fail closed: never connect without the credentials the service needs.
+            return Err(ConnectError::Io(format!("the service is not usable: {why}")));
+        }
         let attempt = async {
             let stream = TcpStream::connect(endpoint).await.map_err(|e| ConnectError::Io(e.to_string()))?;
             let _ = stream.set_nodelay(true);
