@@ -483,7 +483,8 @@ impl ProxyConfig {
     }
 }
 
-fn check_host_port(s: &str) -> Result<(), &'static str> {
+/// Checks a `host:port` (or `[v6]:port`) endpoint; the error says what is wrong.
+pub fn check_host_port(s: &str) -> Result<(), &'static str> {
     if s.parse::<SocketAddr>().is_ok() {
         return Ok(());
     }
