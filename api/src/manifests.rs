@@ -18,7 +18,10 @@ pub fn compat_crds() -> Vec<CustomResourceDefinition> {
         .map(|mut crd| {
             crd.spec.group = COMPAT_GROUP.to_owned();
             crd.metadata.name = Some(format!("{}.{COMPAT_GROUP}", crd.spec.names.plural));
-            crd.spec.names.categories = Some(vec!["respmesh".to_owned(), "redis-aeraki-io".to_owned()]);
+            crd.spec.names.categories = Some(vec!["redis-aeraki-io".to_owned()]);
+            // The short names and the `respmesh` category stay with the main group, so that
+            // `kubectl get rsvc` is never ambiguous when both are installed.
+            crd.spec.names.short_names = None;
             crd
         })
         .collect()

@@ -238,6 +238,15 @@ impl ControlPlane {
         Ok(plane)
     }
 
+    /// Makes the watchdog stop `pid` too when the test process exits (for processes a test
+    /// binary keeps for all its tests, such as a shared operator).
+    pub fn adopt(&self, pid: u32) -> anyhow::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(self.dir.join("pids"))?;
+        write!(f, " {pid}")?;
+        Ok(())
+    }
+
     /// Writes a kubeconfig whose user is `user` in `groups` (a client certificate).
     pub fn kubeconfig_for(&self, user: &str, groups: &[&str]) -> anyhow::Result<PathBuf> {
         let issuer = Issuer::new(self.client_ca_params.clone(), KeyPair::from_pem(&self.client_ca_key)?);
