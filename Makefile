@@ -5,6 +5,8 @@
 #   make bench   direct Redis vs twemproxy vs respmesh-proxy, one table
 #   make lint    rustfmt + clippy (warnings are errors)
 #   make fuzz    run the RESP parser fuzz targets for a while (FUZZ_SECONDS, default 60)
+#   make cluster-up / cluster-down   a local Kubernetes API (etcd + kube-apiserver) to try things
+#   make crds    regenerate manifests/crds and manifests/compat from api/src/crd.rs
 
 SHELL := /bin/bash
 CACHE ?= $(HOME)/.cache/respmesh
@@ -14,15 +16,15 @@ PROXY_RELEASE := $(CARGO_TARGET_DIR)/release/respmesh-proxy
 FUZZ_SECONDS ?= 60
 
 # Debian packages the tests, the demo and the benchmark run for real.
-APT_PACKAGES := redis-server redis-tools nutcracker
+APT_PACKAGES := redis-server redis-tools nutcracker iproute2 iptables
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps build release test demo bench lint fmt fuzz clean help
+.PHONY: all deps k8s-bins build release test demo bench lint fmt fuzz clean help cluster-up cluster-down crds
 
 all: build
 
 help:
-	@sed -n '1,9p' Makefile
+	@sed -n '1,11p' Makefile
 
 # Installs redis-server, redis-cli, redis-benchmark and nutcracker when any is missing.
 deps:
@@ -30,6 +32,8 @@ deps:
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v redis-cli >/dev/null && command -v redis-benchmark >/dev/null || missing="$$missing redis-tools"; \
 	command -v nutcracker >/dev/null || [ -x /usr/sbin/nutcracker ] || missing="$$missing nutcracker"; \
+	command -v ip >/dev/null || [ -x /usr/sbin/ip ] || missing="$$missing iproute2"; \
+	command -v iptables >/dev/null || [ -x /usr/sbin/iptables ] || missing="$$missing iptables"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
@@ -43,8 +47,25 @@ build:
 release:
 	$(CARGO) build --release -p respmesh-proxy
 
-test: deps
-	$(CARGO) test --workspace --no-fail-fast
+# kube-apiserver and etcd, built from the Go module proxy once and cached by version
+# (about 6 minutes on 2 cores the first time; Go from the machine).
+k8s-bins:
+	@command -v go >/dev/null || { echo "Go is needed to build kube-apiserver (https://go.dev/dl)"; exit 1; }
+	@scripts/k8s-bins.sh >/dev/null
+
+test: deps k8s-bins
+	$(CARGO) build --workspace
+	RESPMESH_K8S_BIN="$$(scripts/k8s-bins.sh 2>/dev/null | tail -1)" $(CARGO) test --workspace --no-fail-fast
+
+cluster-up: k8s-bins
+	$(CARGO) build -p respmesh-kubetest --bin respmesh-local-cluster
+	@scripts/cluster.sh up
+
+cluster-down:
+	@scripts/cluster.sh down
+
+crds:
+	$(CARGO) run -q -p respmesh-api --bin crdgen
 
 demo: deps release
 	@PROXY=$(PROXY_RELEASE) scripts/demo.sh

@@ -15,6 +15,8 @@
 //! the plane's client CA ([`ControlPlane::kubeconfig_for`]), so a test can run a binary with
 //! exactly the permissions its RBAC manifests grant.
 
+pub mod netns;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -162,7 +164,9 @@ impl ControlPlane {
         // The watchdog: when this process is gone, stop the plane and remove its files.
         let watchdog = format!(
             "while kill -0 {me} 2>/dev/null; do sleep 0.5; done; kill $(cat {d}/pids) 2>/dev/null; sleep 2; \
-             kill -9 $(cat {d}/pids) 2>/dev/null; rm -rf {d}",
+             kill -9 $(cat {d}/pids) 2>/dev/null; rm -rf {d}; \
+             for n in $(ip netns list 2>/dev/null | awk '{{print $1}}' | grep '^{ns}'); do ip netns del $n; done",
+            ns = netns::prefix(),
             me = std::process::id(),
             d = dir.display()
         );
@@ -335,7 +339,8 @@ fn http_get(path: &str) -> anyhow::Result<http::Request<Vec<u8>>> {
 /// Installs respmesh's CRDs (both groups) and waits until they are served.
 pub async fn install_crds(client: &Client) -> anyhow::Result<()> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crds: Vec<_> = respmesh_api::manifests::crds().into_iter().chain(respmesh_api::manifests::compat_crds()).collect();
+    let crds: Vec<_> =
+        respmesh_api::manifests::crds().into_iter().chain(respmesh_api::manifests::compat_crds()).collect();
     for crd in &crds {
         let name = crd.metadata.name.clone().expect("named");
         api.patch(&name, &PatchParams::apply("respmesh-kubetest").force(), &Patch::Apply(crd)).await?;
@@ -348,6 +353,17 @@ pub async fn install_crds(client: &Client) -> anyhow::Result<()> {
             kube::runtime::wait::conditions::is_crd_established(),
         );
         tokio::time::timeout(Duration::from_secs(30), established).await.context("CRD not established")??;
+    }
+    // The first object of a new CRD waits ~2 s in the API server (its storage and schema
+    // validators are built lazily); pay that here, with a dry run, not in a test's timing.
+    for crd in &crds {
+        let names = &crd.spec.names;
+        let gvk = kube::api::GroupVersionKind::gvk(&crd.spec.group, "v1alpha1", &names.kind);
+        let ar = kube::api::ApiResource::from_gvk_with_plural(&gvk, &names.plural);
+        let api: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), "default", &ar);
+        let mut obj = kube::api::DynamicObject::new("warm-up", &ar);
+        obj.data = serde_json::json!({"spec": {"host": if names.kind == "RedisService" { serde_json::json!(["warm-up"]) } else { serde_json::json!("warm-up") }}});
+        api.create(&PostParams { dry_run: true, field_manager: None }, &obj).await?;
     }
     Ok(())
 }

@@ -12,7 +12,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -86,15 +85,11 @@ fn cr_resources() -> Vec<(Kind, ApiResource)> {
     out
 }
 
-/// Starts the reflectors. `changed` ticks on every change; `synced` turns true once every
-/// store has its first full list.
-pub fn start_stores(client: &Client, changed: watch::Sender<u64>, synced: Arc<AtomicBool>) -> Stores {
-    fn mirror<K>(
-        api: Api<K>,
-        cfg: watcher::Config,
-        writer: reflector::store::Writer<K>,
-        changed: watch::Sender<u64>,
-    ) where
+/// Starts the reflectors; `changed` ticks on every change. [`Stores::wait_synced`] returns
+/// once every store has its first full list.
+pub fn start_stores(client: &Client, changed: watch::Sender<u64>) -> Stores {
+    fn mirror<K>(api: Api<K>, cfg: watcher::Config, writer: reflector::store::Writer<K>, changed: watch::Sender<u64>)
+    where
         K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
         K::DynamicType: Clone + Eq + std::hash::Hash + Default + Send + Sync,
     {
@@ -137,22 +132,7 @@ pub fn start_stores(client: &Client, changed: watch::Sender<u64>, synced: Arc<At
         });
         crs.push(CrType { kind, resource, store });
     }
-    let stores = Stores { services, slices, secrets, configmaps, crs };
-    let (a, b, c, d) =
-        (stores.services.clone(), stores.slices.clone(), stores.secrets.clone(), stores.configmaps.clone());
-    let crs: Vec<Store<DynamicObject>> = stores.crs.iter().map(|c| c.store.clone()).collect();
-    tokio::spawn(async move {
-        let _ = a.wait_until_ready().await;
-        let _ = b.wait_until_ready().await;
-        let _ = c.wait_until_ready().await;
-        let _ = d.wait_until_ready().await;
-        for s in crs {
-            let _ = s.wait_until_ready().await;
-        }
-        synced.store(true, Ordering::Release);
-        info!("caches synced");
-    });
-    stores
+    Stores { services, slices, secrets, configmaps, crs }
 }
 
 impl Stores {
@@ -229,7 +209,9 @@ pub fn outputs(t: &Translation, ns: &Namespace) -> Result<(ConfigMap, Secret), E
     };
     let cm = ConfigMap {
         metadata: meta(CONFIGMAP),
-        data: Some([(respmesh_proxy_config_key(), format!("# Written by respmesh-operator; do not edit.\n{yaml}"))].into()),
+        data: Some(
+            [(respmesh_proxy_config_key(), format!("# Written by respmesh-operator; do not edit.\n{yaml}"))].into(),
+        ),
         ..Default::default()
     };
     let secret = Secret {
@@ -251,9 +233,8 @@ fn injected(ns: &Namespace) -> bool {
 }
 
 fn same_owner(stored: &kube::api::ObjectMeta, wanted: &kube::api::ObjectMeta) -> bool {
-    stored.owner_references == wanted.owner_references && stored.labels.as_ref().is_some_and(|l| {
-        wanted.labels.iter().flatten().all(|(k, v)| l.get(k) == Some(v))
-    })
+    stored.owner_references == wanted.owner_references
+        && stored.labels.as_ref().is_some_and(|l| wanted.labels.iter().flatten().all(|(k, v)| l.get(k) == Some(v)))
 }
 
 /// Reconciles one namespace's ConfigMap and Secret.
@@ -261,10 +242,22 @@ pub async fn reconcile_namespace(ns: Arc<Namespace>, ctx: Arc<Context>) -> Resul
     let name = ns.name_any();
     let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &name);
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &name);
-    let stored_cm = ctx.stores.configmaps.state().into_iter().find(|c| c.namespace().as_deref() == Some(&name) && c.name_any() == CONFIGMAP);
-    let stored_secret = ctx.stores.secrets.state().into_iter().find(|s| s.namespace().as_deref() == Some(&name) && s.name_any() == SECRET);
+    let stored_cm = ctx
+        .stores
+        .configmaps
+        .state()
+        .into_iter()
+        .find(|c| c.namespace().as_deref() == Some(&name) && c.name_any() == CONFIGMAP);
+    let stored_secret = ctx
+        .stores
+        .secrets
+        .state()
+        .into_iter()
+        .find(|s| s.namespace().as_deref() == Some(&name) && s.name_any() == SECRET);
     if !injected(&ns) {
-        let ours = |m: &kube::api::ObjectMeta| m.labels.as_ref().and_then(|l| l.get(MANAGED_BY.0)).map(String::as_str) == Some(MANAGED_BY.1);
+        let ours = |m: &kube::api::ObjectMeta| {
+            m.labels.as_ref().and_then(|l| l.get(MANAGED_BY.0)).map(String::as_str) == Some(MANAGED_BY.1)
+        };
         if stored_cm.as_ref().is_some_and(|c| ours(&c.metadata)) {
             cms.delete(CONFIGMAP, &DeleteParams::default()).await.map(|_| ()).or_else(ignore_not_found)?;
             ctx.metrics.write("configmap_delete");
@@ -279,18 +272,20 @@ pub async fn reconcile_namespace(ns: Arc<Namespace>, ctx: Arc<Context>) -> Resul
     let t = translate::translate(&ctx.stores.inputs(&ctx.domain));
     let (cm, secret) = outputs(&t, &ns)?;
     let params = PatchParams::apply(MANAGER).force();
-    if !stored_cm.as_ref().is_some_and(|c| c.data == cm.data && same_owner(&c.metadata, &cm.metadata)) {
-        cms.patch(CONFIGMAP, &params, &Patch::Apply(&cm)).await?;
-        ctx.metrics.write("configmap");
-        info!(namespace = %name, services = t.config.services.len(), "proxy ConfigMap written");
-    }
+    // The Secret first: a configuration never names a key its proxies cannot find yet.
     let empty = BTreeMap::new();
     if !stored_secret.as_ref().is_some_and(|s| {
-        s.data.as_ref().unwrap_or(&empty) == secret.data.as_ref().unwrap_or(&empty) && same_owner(&s.metadata, &secret.metadata)
+        s.data.as_ref().unwrap_or(&empty) == secret.data.as_ref().unwrap_or(&empty)
+            && same_owner(&s.metadata, &secret.metadata)
     }) {
         secrets.patch(SECRET, &params, &Patch::Apply(&secret)).await?;
         ctx.metrics.write("secret");
         info!(namespace = %name, keys = t.credentials.len(), "proxy credentials Secret written");
+    }
+    if !stored_cm.as_ref().is_some_and(|c| c.data == cm.data && same_owner(&c.metadata, &cm.metadata)) {
+        cms.patch(CONFIGMAP, &params, &Patch::Apply(&cm)).await?;
+        ctx.metrics.write("configmap");
+        info!(namespace = %name, services = t.config.services.len(), "proxy ConfigMap written");
     }
     Ok(Action::await_change())
 }
@@ -356,12 +351,8 @@ async fn write_statuses(ctx: &Context) -> Result<(), Error> {
         for obj in ct.store.state() {
             let key = cr_key(ct, &obj);
             let Some(conds) = t.conditions.get(&key) else { continue };
-            let old: RedisStatus = obj
-                .data
-                .get("status")
-                .cloned()
-                .and_then(|s| serde_json::from_value(s).ok())
-                .unwrap_or_default();
+            let old: RedisStatus =
+                obj.data.get("status").cloned().and_then(|s| serde_json::from_value(s).ok()).unwrap_or_default();
             let generation = obj.metadata.generation;
             let new = status_with(&old, conds, generation);
             if new == old {
@@ -376,7 +367,9 @@ async fn write_statuses(ctx: &Context) -> Result<(), Error> {
             }
             for c in conds {
                 let before = old.conditions.iter().find(|o| o.type_ == c.kind);
-                if before.is_some_and(|b| b.reason == c.reason && b.message == c.message && (b.status == "True") == c.ok) {
+                if before
+                    .is_some_and(|b| b.reason == c.reason && b.message == c.message && (b.status == "True") == c.ok)
+                {
                     continue;
                 }
                 let event = Event {
@@ -392,7 +385,8 @@ async fn write_statuses(ctx: &Context) -> Result<(), Error> {
                 }
             }
             if conds.iter().any(|c| !c.ok) {
-                let msg: Vec<String> = conds.iter().filter(|c| !c.ok).map(|c| format!("{}: {}", c.reason, c.message)).collect();
+                let msg: Vec<String> =
+                    conds.iter().filter(|c| !c.ok).map(|c| format!("{}: {}", c.reason, c.message)).collect();
                 warn!(resource = %format!("{}/{}", key.namespace, key.name), group = %key.group, problems = %msg.join("; "), "resource not fully applied");
             }
         }
@@ -419,7 +413,12 @@ pub fn status_with(old: &RedisStatus, conds: &[Cond], generation: Option<i64>) -
         .map(|c| {
             let status = if c.ok { "True" } else { "False" }.to_owned();
             let prev = old.conditions.iter().find(|o| o.type_ == c.kind);
-            let unchanged = prev.is_some_and(|p| p.status == status && p.reason == c.reason && p.message == c.message && p.observed_generation == generation);
+            let unchanged = prev.is_some_and(|p| {
+                p.status == status
+                    && p.reason == c.reason
+                    && p.message == c.message
+                    && p.observed_generation == generation
+            });
             if unchanged {
                 return prev.expect("checked").clone();
             }

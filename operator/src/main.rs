@@ -57,7 +57,11 @@ async fn serve_metrics(State(h): State<Arc<Health>>) -> String {
 }
 
 async fn readyz(State(h): State<Arc<Health>>) -> (StatusCode, &'static str) {
-    if h.synced.load(Ordering::Acquire) { (StatusCode::OK, "ready\n") } else { (StatusCode::SERVICE_UNAVAILABLE, "caches not synced\n") }
+    if h.synced.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "caches not synced\n")
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -77,7 +81,9 @@ fn main() -> std::process::ExitCode {
 async fn run(args: Args) -> anyhow::Result<()> {
     let client = Client::try_default().await.context("cannot configure the Kubernetes client")?;
     let identity = args.identity.clone().unwrap_or_else(|| {
-        std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "respmesh-operator".into())
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "respmesh-operator".into())
     });
     let identity = format!("{identity}-{}", std::process::id());
     let metrics = Arc::new(Metrics::new());
@@ -88,17 +94,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .route("/readyz", get(readyz))
         .route("/metrics", get(serve_metrics))
         .with_state(health);
-    let listener = tokio::net::TcpListener::bind(args.http).await.with_context(|| format!("cannot listen on {}", args.http))?;
+    let listener =
+        tokio::net::TcpListener::bind(args.http).await.with_context(|| format!("cannot listen on {}", args.http))?;
     info!(address = %listener.local_addr()?, "health and metrics listening");
     tokio::spawn(async move { axum::serve(listener, app).await });
 
     let (changed_tx, changed_rx) = watch::channel(0u64);
-    let stores = controller::start_stores(&client, changed_tx, synced.clone());
+    let stores = controller::start_stores(&client, changed_tx);
+    // Caches fill on followers too, so that a takeover starts warm; ready means synced.
+    stores.wait_synced().await;
+    synced.store(true, Ordering::Release);
+    info!("caches synced");
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let elector = Elector::new(client.clone(), &args.lease_namespace, &args.lease_name, &identity, args.lease_duration.get());
+    let elector =
+        Elector::new(client.clone(), &args.lease_namespace, &args.lease_name, &identity, args.lease_duration.get());
     elector.acquire().await;
     metrics.leader.set(1);
-    stores.wait_synced().await;
     let ctx = Arc::new(Context {
         client: client.clone(),
         stores,

@@ -262,12 +262,8 @@ pub fn translate(inputs: &Inputs) -> Translation {
                 continue;
             }
             let want = rp.port.name.as_deref().unwrap_or("");
-            let Some(port) = slice
-                .ports
-                .iter()
-                .flatten()
-                .find(|p| p.name.as_deref().unwrap_or("") == want)
-                .and_then(|p| p.port)
+            let Some(port) =
+                slice.ports.iter().flatten().find(|p| p.name.as_deref().unwrap_or("") == want).and_then(|p| p.port)
             else {
                 continue;
             };
@@ -288,7 +284,10 @@ pub fn translate(inputs: &Inputs) -> Translation {
                 Some(ips) if !ips.is_empty() => ips.iter().collect(),
                 _ => spec.cluster_ip.iter().collect(),
             };
-            ips.into_iter().filter(|ip| ip.parse::<IpAddr>().is_ok()).map(|ip| join_host_port(ip, rp.port.port)).collect()
+            ips.into_iter()
+                .filter(|ip| ip.parse::<IpAddr>().is_ok())
+                .map(|ip| join_host_port(ip, rp.port.port))
+                .collect()
         };
         for a in candidates {
             if a.parse::<std::net::SocketAddr>().is_ok() && used_addresses.insert(a.clone()) {
@@ -323,11 +322,15 @@ pub fn translate(inputs: &Inputs) -> Translation {
             Ok(spec) => {
                 let targets: Vec<&RedisPort> = ports.iter().filter(|p| p.fqdn == spec.host).collect();
                 if targets.is_empty() || targets.iter().any(|p| p.namespace != ns) {
-                    Outcome::rejected("HostNotFound", host_not_found(&spec.host, ns, domain))
+                    Outcome::rejected("HostNotFound", host_not_found(&spec.host, ns, domain, &ports))
                 } else if let Some(winner) = destined.get(&spec.host) {
                     Outcome::rejected(
                         "Conflicted",
-                        format!("{} already configures host {}; the older resource wins", group_label(winner), spec.host),
+                        format!(
+                            "{} already configures host {}; the older resource wins",
+                            group_label(winner),
+                            spec.host
+                        ),
                     )
                 } else {
                     destined.insert(spec.host.clone(), cr.key.clone());
@@ -388,7 +391,7 @@ pub fn translate(inputs: &Inputs) -> Translation {
                 for host in &spec.host {
                     let targets: Vec<&RedisPort> = ports.iter().filter(|p| &p.fqdn == host).collect();
                     if targets.is_empty() || targets.iter().any(|p| p.namespace != ns) {
-                        problems.push(host_not_found(host, ns, domain));
+                        problems.push(host_not_found(host, ns, domain, &ports));
                         continue;
                     }
                     if let Some(winner) = claimed.get(host) {
@@ -401,11 +404,24 @@ pub fn translate(inputs: &Inputs) -> Translation {
                     claimed.insert(host.clone(), cr.key.clone());
                     applied.push(host.clone());
                     for rp in targets {
-                        apply_redis_service(spec, rp, &ports, &mut services, &mut placeholders, &mut resolver, &mut out, domain);
+                        apply_redis_service(
+                            spec,
+                            rp,
+                            &ports,
+                            &mut services,
+                            &mut placeholders,
+                            &mut resolver,
+                            &mut out,
+                            domain,
+                        );
                     }
                 }
                 if applied.is_empty() {
-                    let reason = if problems.iter().any(|p| p.contains("older resource wins")) { "Conflicted" } else { "HostNotFound" };
+                    let reason = if problems.iter().any(|p| p.contains("older resource wins")) {
+                        "Conflicted"
+                    } else {
+                        "HostNotFound"
+                    };
                     Outcome::rejected(reason, problems.join("; "))
                 } else {
                     out.accepted.message = format!("configures {}", applied.join(", "));
@@ -441,7 +457,11 @@ pub fn translate(inputs: &Inputs) -> Translation {
     Translation { config, credentials: resolver.credentials, conditions }
 }
 
-fn host_not_found(host: &str, ns: &str, domain: &str) -> String {
+fn host_not_found(host: &str, ns: &str, domain: &str, ports: &[RedisPort]) -> String {
+    let first = host.split('.').next().unwrap_or(host);
+    if let Some(p) = ports.iter().find(|p| p.namespace == ns && p.name == first && p.fqdn != host) {
+        return format!("no Service in namespace {ns} has host {host:?}; did you mean {}?", p.fqdn);
+    }
     format!(
         "no Service in namespace {ns} has host {host:?} with a Redis port (write <service>.{ns}.svc.{domain}; \
          a Redis port is named tcp-redis* or redis*, or has appProtocol redis)"
@@ -557,4 +577,352 @@ fn apply_redis_service(
     svc.client_auth = client_auth;
     svc.routes = routes;
     svc.faults = faults;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn service(ns: &str, name: &str, spec: serde_json::Value) -> Service {
+        serde_json::from_value(json!({"metadata": {"name": name, "namespace": ns}, "spec": spec})).unwrap()
+    }
+
+    fn slice(ns: &str, svc: &str, port_name: &str, port: i32, eps: serde_json::Value) -> EndpointSlice {
+        serde_json::from_value(json!({
+            "metadata": {"name": format!("{svc}-x"), "namespace": ns, "labels": {"kubernetes.io/service-name": svc}},
+            "addressType": "IPv4",
+            "ports": [{"name": port_name, "port": port}],
+            "endpoints": eps,
+        }))
+        .unwrap()
+    }
+
+    fn secret(ns: &str, name: &str, data: &[(&str, &str)]) -> Secret {
+        Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(ns.into()),
+                ..Default::default()
+            },
+            data: Some(
+                data.iter().map(|(k, v)| (k.to_string(), k8s_openapi::ByteString(v.as_bytes().to_vec()))).collect(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    fn cr<S: serde::de::DeserializeOwned>(
+        kind: Kind,
+        ns: &str,
+        name: &str,
+        created: &str,
+        spec: serde_json::Value,
+    ) -> Cr<S> {
+        Cr {
+            key: CrKey { group: "redis.respmesh.io".into(), kind, namespace: ns.into(), name: name.into() },
+            created: created.into(),
+            spec: serde_json::from_value(spec).map_err(|e| e.to_string()),
+        }
+    }
+
+    fn rd(ns: &str, name: &str, created: &str, spec: serde_json::Value) -> Cr<RedisDestinationSpec> {
+        cr(Kind::RedisDestination, ns, name, created, spec)
+    }
+
+    fn rs(ns: &str, name: &str, created: &str, spec: serde_json::Value) -> Cr<RedisServiceSpec> {
+        cr(Kind::RedisService, ns, name, created, spec)
+    }
+
+    /// The demo: redis-single and redis-cluster in namespace `redis`, one ready endpoint each.
+    fn demo() -> Inputs {
+        Inputs {
+            services: vec![
+                service(
+                    "redis",
+                    "redis-single",
+                    json!({"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"], "ports": [{"name": "tcp-redis", "port": 6379}]}),
+                ),
+                service(
+                    "redis",
+                    "redis-cluster",
+                    json!({"clusterIP": "10.96.0.20", "ports": [{"name": "tcp-redis", "port": 6379}, {"name": "tcp-gossip", "port": 16379}]}),
+                ),
+                service("redis", "web", json!({"clusterIP": "10.96.0.30", "ports": [{"name": "http", "port": 80}]})),
+            ],
+            slices: vec![
+                slice("redis", "redis-single", "tcp-redis", 6379, json!([{"addresses": ["10.244.0.5"]}])),
+                slice(
+                    "redis",
+                    "redis-cluster",
+                    "tcp-redis",
+                    6379,
+                    json!([{"addresses": ["10.244.0.6"], "conditions": {"ready": true}}, {"addresses": ["10.244.0.7"], "conditions": {"ready": false}}]),
+                ),
+            ],
+            domain: "cluster.local".into(),
+            ..Default::default()
+        }
+    }
+
+    const SINGLE: &str = "redis-single.redis.svc.cluster.local";
+    const CLUSTER: &str = "redis-cluster.redis.svc.cluster.local";
+
+    fn cond<'a>(t: &'a Translation, kind: Kind, name: &str, which: &str) -> &'a Cond {
+        let key = t.conditions.keys().find(|k| k.kind == kind && k.name == name).expect("resource has conditions");
+        t.conditions[key].iter().find(|c| c.kind == which).unwrap()
+    }
+
+    #[test]
+    fn redis_services_come_from_ports_named_or_marked_redis() {
+        let cases = [
+            (json!({"name": "tcp-redis", "port": 1}), true),
+            (json!({"name": "tcp-redis-main", "port": 1}), true),
+            (json!({"name": "redis", "port": 1}), true),
+            (json!({"name": "db", "port": 1, "appProtocol": "redis"}), true),
+            (json!({"name": "http", "port": 1}), false),
+            (json!({"name": "tcp-gossip", "port": 1}), false),
+            (json!({"port": 1}), false),
+        ];
+        for (port, want) in cases {
+            let p: ServicePort = serde_json::from_value(port.clone()).unwrap();
+            assert_eq!(is_redis_port(&p), want, "{port}");
+        }
+    }
+
+    #[test]
+    fn services_without_resources_proxy_to_their_ready_endpoints() {
+        let t = translate(&demo());
+        assert_eq!(t.config.services.iter().map(|s| s.host.as_str()).collect::<Vec<_>>(), vec![CLUSTER, SINGLE]);
+        let single = t.config.service(SINGLE).unwrap();
+        assert_eq!(single.addresses, vec!["10.96.0.10:6379"]);
+        assert_eq!(single.endpoints, vec!["10.244.0.5:6379"]);
+        assert_eq!(single.mode, proxy::Mode::Proxy);
+        let cluster = t.config.service(CLUSTER).unwrap();
+        assert_eq!(cluster.endpoints, vec!["10.244.0.6:6379"], "not-ready endpoints are left out");
+        assert!(t.credentials.is_empty() && t.conditions.is_empty());
+        assert!(t.config.validate().is_ok());
+    }
+
+    #[test]
+    fn several_redis_ports_dual_stack_and_headless_services() {
+        let mut i = demo();
+        i.services.push(service("redis", "multi", json!({"clusterIPs": ["10.96.0.40", "fd00::40"], "ports": [{"name": "redis-a", "port": 7000}, {"name": "redis-b", "port": 7001}]})));
+        i.services.push(service(
+            "redis",
+            "hl",
+            json!({"clusterIP": "None", "ports": [{"name": "redis", "port": 6379}]}),
+        ));
+        i.slices.push(slice(
+            "redis",
+            "hl",
+            "redis",
+            6380,
+            json!([{"addresses": ["10.244.0.8"]}, {"addresses": ["fd00::8"]}]),
+        ));
+        let t = translate(&i);
+        let a = t.config.service("multi.redis.svc.cluster.local:7000").unwrap();
+        assert_eq!(a.addresses, vec!["10.96.0.40:7000", "[fd00::40]:7000"]);
+        assert!(t.config.service("multi.redis.svc.cluster.local:7001").is_some());
+        let hl = t.config.service("hl.redis.svc.cluster.local").unwrap();
+        assert_eq!(hl.endpoints, vec!["10.244.0.8:6380", "[fd00::8]:6380"]);
+        assert_eq!(hl.addresses, hl.endpoints, "headless services are recognised by endpoint address");
+    }
+
+    #[test]
+    fn credentials_resolve_from_secrets_and_inline_values() {
+        // (auth, secret data, expected password, expected username, expected ResolvedRefs reason)
+        type Case<'a> = (serde_json::Value, Vec<(&'a str, &'a str)>, Option<&'a str>, Option<&'a str>, &'a str);
+        let cases: Vec<Case> = vec![
+            (json!({"plain": {"password": "pw"}}), vec![], Some("pw"), None, "ResolvedRefs"),
+            (json!({"plain": {"password": "pw", "username": "u"}}), vec![], Some("pw"), Some("u"), "ResolvedRefs"),
+            (
+                json!({"secret": {"name": "s"}}),
+                vec![("password", "testredis\n")],
+                Some("testredis"),
+                None,
+                "ResolvedRefs",
+            ),
+            (json!({"secret": {"name": "s"}}), vec![("token", "tok")], Some("tok"), None, "ResolvedRefs"),
+            (
+                json!({"secret": {"name": "s"}}),
+                vec![("password", "p"), ("username", " admin ")],
+                Some("p"),
+                Some("admin"),
+                "ResolvedRefs",
+            ),
+            (
+                json!({"secret": {"name": "s", "passwordField": "pw", "usernameField": "user"}}),
+                vec![("pw", "x"), ("user", "y")],
+                Some("x"),
+                Some("y"),
+                "ResolvedRefs",
+            ),
+            (
+                json!({"secret": {"name": "s", "passwordField": "pw"}}),
+                vec![("password", "x")],
+                None,
+                None,
+                "SecretKeyNotFound",
+            ),
+            (json!({"secret": {"name": "s"}}), vec![("other", "x")], None, None, "SecretKeyNotFound"),
+            (json!({"secret": {"name": "missing"}}), vec![], None, None, "SecretNotFound"),
+        ];
+        for (auth, data, password, username, reason) in cases {
+            let mut i = demo();
+            i.secrets.push(secret("redis", "s", &data));
+            i.redis_destinations.push(rd(
+                "redis",
+                "d",
+                "t1",
+                json!({"host": SINGLE, "trafficPolicy": {"connectionPool": {"redis": {"auth": auth}}}}),
+            ));
+            let t = translate(&i);
+            let creds = t.config.service(SINGLE).unwrap().auth.clone().unwrap();
+            let key = creds.password_key.clone().unwrap();
+            assert_eq!(key, "redis-single.redis.6379.upstream-password");
+            assert_eq!(t.credentials.get(&key).map(String::as_str), password, "{auth}");
+            let user = creds.username_key.as_ref().and_then(|k| t.credentials.get(k)).map(String::as_str);
+            assert_eq!(user, username, "{auth}");
+            assert_eq!(cond(&t, Kind::RedisDestination, "d", "ResolvedRefs").reason, reason, "{auth}");
+            assert!(creds.password.is_none(), "credentials never inline in the configuration");
+        }
+    }
+
+    #[test]
+    fn resources_apply_to_hosts_of_their_own_namespace_and_the_oldest_wins() {
+        let mut i = demo();
+        i.redis_destinations.push(rd(
+            "other",
+            "foreign",
+            "t0",
+            json!({"host": SINGLE, "trafficPolicy": {"connectionPool": {"redis": {"mode": "CLUSTER"}}}}),
+        ));
+        i.redis_destinations.push(rd(
+            "redis",
+            "new",
+            "t2",
+            json!({"host": SINGLE, "trafficPolicy": {"connectionPool": {"tcp": {"connectTimeout": "3s"}}}}),
+        ));
+        i.redis_destinations.push(rd(
+            "redis",
+            "old",
+            "t1",
+            json!({"host": SINGLE, "trafficPolicy": {"connectionPool": {"tcp": {"connectTimeout": "2s"}}}}),
+        ));
+        i.redis_services.push(rs("redis", "typo", "t1", json!({"host": ["redis-single.redis"]})));
+        let t = translate(&i);
+        let single = t.config.service(SINGLE).unwrap();
+        assert_eq!(single.mode, proxy::Mode::Proxy, "a resource in another namespace changes nothing");
+        assert_eq!(single.connect_timeout, respmesh_api::Duration::from_secs(2));
+        assert_eq!(cond(&t, Kind::RedisDestination, "foreign", "Accepted").reason, "HostNotFound");
+        assert_eq!(cond(&t, Kind::RedisDestination, "old", "Accepted").reason, "Accepted");
+        let c = cond(&t, Kind::RedisDestination, "new", "Accepted");
+        assert_eq!((c.ok, c.reason), (false, "Conflicted"));
+        assert!(c.message.contains("RedisDestination redis/old"), "{}", c.message);
+        let c = cond(&t, Kind::RedisService, "typo", "Accepted");
+        assert_eq!(c.reason, "HostNotFound");
+        assert!(
+            c.message.contains("redis-single.redis.svc.cluster.local"),
+            "the message shows the right form: {}",
+            c.message
+        );
+    }
+
+    #[test]
+    fn redis_service_settings_routes_mirrors_and_faults() {
+        let mut i = demo();
+        i.redis_services.push(rs("redis", "r", "t1", json!({
+            "host": [CLUSTER],
+            "settings": {"opTimeout": "250ms", "readPolicy": "PREFER_REPLICA", "caseInsensitive": true, "enableHashtagging": true},
+            "redis": [
+                {"match": {"key": {"prefix": "cluster", "removePrefix": true}}, "route": {"host": CLUSTER}},
+                {"match": {"key": {"prefix": "cluster"}}, "route": {"host": SINGLE}},
+                {"route": {"host": SINGLE, "port": 6379}, "mirror": [{"route": {"host": CLUSTER}, "percentage": {"value": 0.1}, "excludeReadCommands": true}, {"route": {"host": SINGLE}}]},
+            ],
+            "faults": [{"type": "DELAY", "delay": "2s", "percentage": {"value": 10}}, {"type": "ERROR", "percentage": {"value": 50}, "commands": ["get", " "]}],
+        })));
+        let t = translate(&i);
+        let s = t.config.service(CLUSTER).unwrap();
+        assert_eq!(s.op_timeout, respmesh_api::Duration::from_millis(250));
+        assert_eq!(s.read_policy, proxy::ReadPolicy::PreferReplica, "not mapped to PREFER_MASTER");
+        assert!(s.enable_hashtagging);
+        assert_eq!(s.routes.len(), 2, "a repeated prefix keeps the first");
+        let k = &s.routes[0].matches.as_ref().unwrap().key;
+        assert!(k.remove_prefix && k.case_insensitive);
+        assert_eq!(s.routes[1].route.host, SINGLE);
+        assert_eq!(s.routes[1].mirror[0].percentage.value, 0.1);
+        assert!(s.routes[1].mirror[0].exclude_read_commands);
+        assert_eq!(s.routes[1].mirror[1].percentage.value, 100.0, "a mirror without percentage mirrors all");
+        assert_eq!(s.faults[0].delay, Some(respmesh_api::Duration::from_secs(2)));
+        assert_eq!(s.faults[1].commands, vec!["get"]);
+        assert!(cond(&t, Kind::RedisService, "r", "ResolvedRefs").ok);
+        assert!(t.config.validate().is_ok(), "{:?}", t.config.validate());
+    }
+
+    #[test]
+    fn a_route_to_an_unknown_host_refuses_instead_of_falling_through() {
+        let mut i = demo();
+        i.redis_services.push(rs("redis", "r", "t1", json!({
+            "host": [CLUSTER],
+            "redis": [{"match": {"key": {"prefix": "a:"}}, "route": {"host": "gone.redis.svc.cluster.local"}}, {"route": {"host": CLUSTER}}],
+        })));
+        let t = translate(&i);
+        let placeholder = t.config.service("gone.redis.svc.cluster.local").unwrap();
+        assert!(placeholder.endpoints.is_empty() && placeholder.addresses.is_empty());
+        assert_eq!(cond(&t, Kind::RedisService, "r", "ResolvedRefs").reason, "RouteHostNotFound");
+        assert!(t.config.validate().is_ok());
+    }
+
+    #[test]
+    fn cluster_discovery_endpoints_take_the_service_port_when_bare() {
+        let mut i = demo();
+        i.redis_destinations.push(rd("redis", "c", "t1", json!({"host": CLUSTER, "trafficPolicy": {"connectionPool": {"redis": {"mode": "CLUSTER", "discoveryEndpoints": ["10.244.0.6", "node-1:7000", "fd00::6"]}}}})));
+        let t = translate(&i);
+        let s = t.config.service(CLUSTER).unwrap();
+        assert_eq!(s.mode, proxy::Mode::Cluster);
+        assert_eq!(s.cluster.discovery_endpoints, vec!["10.244.0.6:6379", "node-1:7000", "[fd00::6]:6379"]);
+
+        let mut i = demo();
+        i.redis_destinations.push(rd("redis", "c", "t1", json!({"host": CLUSTER, "trafficPolicy": {"connectionPool": {"redis": {"mode": "CLUSTER", "discoveryEndpoints": ["node:0"]}}}})));
+        let t = translate(&i);
+        assert!(t.config.service(CLUSTER).unwrap().cluster.discovery_endpoints.is_empty());
+        let c = cond(&t, Kind::RedisDestination, "c", "Accepted");
+        assert_eq!((c.ok, c.reason), (true, "InvalidDiscoveryEndpoint"));
+    }
+
+    #[test]
+    fn the_output_does_not_depend_on_input_order() {
+        let mut i = demo();
+        i.redis_services.push(rs(
+            "redis",
+            "a",
+            "t1",
+            json!({"host": [SINGLE], "settings": {"auth": {"plain": {"password": "x"}}}}),
+        ));
+        i.redis_services.push(rs(
+            "redis",
+            "b",
+            "t2",
+            json!({"host": [CLUSTER], "redis": [{"route": {"host": SINGLE}}]}),
+        ));
+        let first = translate(&i);
+        i.services.reverse();
+        i.slices.reverse();
+        i.redis_services.reverse();
+        let second = translate(&i);
+        assert_eq!(serde_yaml_ng::to_string(&first.config).unwrap(), serde_yaml_ng::to_string(&second.config).unwrap());
+        assert_eq!(first.credentials, second.credentials);
+        assert_eq!(first.conditions, second.conditions);
+    }
+
+    #[test]
+    fn an_undecodable_resource_gets_a_condition_and_changes_nothing() {
+        let mut i = demo();
+        i.redis_services.push(rs("redis", "bad", "t1", json!({"host": "not-a-list"})));
+        let t = translate(&i);
+        let c = cond(&t, Kind::RedisService, "bad", "Accepted");
+        assert_eq!((c.ok, c.reason), (false, "Invalid"));
+        assert!(t.config.service(SINGLE).unwrap().client_auth.is_none());
+    }
 }

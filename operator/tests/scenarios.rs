@@ -56,14 +56,18 @@ async fn scenario_2_client_auth() {
     wait_condition(plane, "redisservices.redis.respmesh.io", &ns, "redis-single", "Accepted", "True").await;
     // Printer columns show hosts and conditions.
     let table = kubectl(plane, &["get", "rsvc", "-n", &ns]);
-    assert!(table.contains("HOSTS") && table.contains("ACCEPTED") && table.contains(&host("redis-single", &ns)), "{table}");
+    assert!(
+        table.contains("HOSTS") && table.contains("ACCEPTED") && table.contains(&host("redis-single", &ns)),
+        "{table}"
+    );
 }
 
 #[tokio::test]
 async fn scenario_3_cluster_mode() {
     let (plane, client, ns) = setup("s3").await;
     apply(plane, &example("3-cluster-mode.yaml", &ns)).unwrap();
-    let svc = wait_service(&client, &ns, &host("redis-cluster", &ns), "cluster mode", |s| s.mode == Mode::Cluster).await;
+    let svc =
+        wait_service(&client, &ns, &host("redis-cluster", &ns), "cluster mode", |s| s.mode == Mode::Cluster).await;
     assert_eq!(svc.endpoints, vec!["10.244.0.20:6379"], "the Service's endpoints seed the topology");
     let table = kubectl(plane, &["get", "rd", "-n", &ns]);
     assert!(table.contains("MODE") && table.contains("CLUSTER"), "{table}");
@@ -87,7 +91,8 @@ async fn scenario_4_prefix_routing() {
 async fn scenario_5_read_policy() {
     let (plane, client, ns) = setup("s5").await;
     apply(plane, &example("5-read-policy.yaml", &ns)).unwrap();
-    wait_service(&client, &ns, &host("redis-cluster", &ns), "read policy", |s| s.read_policy == ReadPolicy::Replica).await;
+    wait_service(&client, &ns, &host("redis-cluster", &ns), "read policy", |s| s.read_policy == ReadPolicy::Replica)
+        .await;
 }
 
 #[tokio::test]
@@ -143,10 +148,15 @@ async fn invalid_resources_are_refused_naming_the_field() {
     let plane = respmesh_kubetest::shared();
     let client = plane.client().await.unwrap();
     let ns = plane.namespace(&client, "invalid", &[]).await.unwrap();
-    let head = format!("apiVersion: redis.respmesh.io/v1alpha1\nkind: RedisService\nmetadata: {{name: bad, namespace: {ns}}}\n");
+    let head = format!(
+        "apiVersion: redis.respmesh.io/v1alpha1\nkind: RedisService\nmetadata: {{name: bad, namespace: {ns}}}\n"
+    );
     let cases = [
         ("spec: {host: [a], faults: [{type: ERROR, percentage: {value: 150}}]}", "spec.faults[0].percentage.value"),
-        ("spec: {host: [a], settings: {auth: {plain: {password: x}, secret: {name: s}}}}", "auth takes exactly one of secret or plain"),
+        (
+            "spec: {host: [a], settings: {auth: {plain: {password: x}, secret: {name: s}}}}",
+            "auth takes exactly one of secret or plain",
+        ),
         ("spec: {host: [a], settings: {auth: {}}}", "auth takes exactly one of secret or plain"),
         ("spec: {host: [a], settings: {opTimeout: 2 seconds}}", "spec.settings.opTimeout"),
         ("spec: {settings: {}}", "spec.host: Required value"),
@@ -180,7 +190,8 @@ async fn a_missing_secret_fails_closed_and_its_arrival_and_rotation_propagate() 
          spec:\n  host: [{single}]\n  settings:\n    auth:\n      secret: {{name: client-pw, passwordField: pw}}\n"
     );
     apply(plane, &rs).unwrap();
-    let (reason, message) = wait_condition(plane, "redisservices.redis.respmesh.io", &ns, "single", "ResolvedRefs", "False").await;
+    let (reason, message) =
+        wait_condition(plane, "redisservices.redis.respmesh.io", &ns, "single", "ResolvedRefs", "False").await;
     assert_eq!(reason, "SecretNotFound");
     assert!(message.contains(&format!("Secret {ns}/client-pw not found")), "{message}");
     let svc = wait_service(&client, &ns, &single, "client auth named", |s| s.client_auth.is_some()).await;
@@ -196,13 +207,15 @@ async fn a_missing_secret_fails_closed_and_its_arrival_and_rotation_propagate() 
         )
     };
     apply(plane, &secret("password: x")).unwrap();
-    let (reason, message) = wait_condition(plane, "redisservices.redis.respmesh.io", &ns, "single", "ResolvedRefs", "False")
-        .await;
+    let (reason, message) =
+        wait_condition(plane, "redisservices.redis.respmesh.io", &ns, "single", "ResolvedRefs", "False").await;
     let (reason, message) = if reason == "SecretKeyNotFound" {
         (reason, message)
     } else {
         wait_until("SecretKeyNotFound", Duration::from_secs(10), || async {
-            condition(plane, "redisservices.redis.respmesh.io", &ns, "single", "ResolvedRefs").filter(|c| c.1 == "SecretKeyNotFound").map(|c| (c.1, c.2))
+            condition(plane, "redisservices.redis.respmesh.io", &ns, "single", "ResolvedRefs")
+                .filter(|c| c.1 == "SecretKeyNotFound")
+                .map(|c| (c.1, c.2))
         })
         .await
     };
@@ -226,9 +239,17 @@ async fn a_missing_secret_fails_closed_and_its_arrival_and_rotation_propagate() 
 async fn service_and_endpoint_slice_changes_propagate() {
     let (plane, client, ns) = setup("eps").await;
     let single = host("redis-single", &ns);
-    apply(plane, &endpoint_slice(&ns, "redis-single", "tcp-redis", &[("10.244.0.10", true), ("10.244.0.11", true)], 6379)).unwrap();
+    apply(
+        plane,
+        &endpoint_slice(&ns, "redis-single", "tcp-redis", &[("10.244.0.10", true), ("10.244.0.11", true)], 6379),
+    )
+    .unwrap();
     wait_service(&client, &ns, &single, "two endpoints", |s| s.endpoints.len() == 2).await;
-    apply(plane, &endpoint_slice(&ns, "redis-single", "tcp-redis", &[("10.244.0.10", true), ("10.244.0.11", false)], 6379)).unwrap();
+    apply(
+        plane,
+        &endpoint_slice(&ns, "redis-single", "tcp-redis", &[("10.244.0.10", true), ("10.244.0.11", false)], 6379),
+    )
+    .unwrap();
     let svc = wait_service(&client, &ns, &single, "not-ready endpoint dropped", |s| s.endpoints.len() == 1).await;
     assert_eq!(svc.endpoints, vec!["10.244.0.10:6379"]);
 
@@ -239,7 +260,11 @@ async fn service_and_endpoint_slice_changes_propagate() {
     );
     apply(plane, &dual).unwrap();
     let svc = wait_service(&client, &ns, &host("dual", &ns), "dual-stack", |s| s.addresses.len() == 2).await;
-    assert!(svc.addresses.iter().any(|a| a.starts_with("[fd00:10:96::") && a.ends_with("]:6380")), "{:?}", svc.addresses);
+    assert!(
+        svc.addresses.iter().any(|a| a.starts_with("[fd00:10:96::") && a.ends_with("]:6380")),
+        "{:?}",
+        svc.addresses
+    );
     assert!(svc.endpoints.is_empty(), "no EndpointSlice yet: the proxy will refuse, saying so");
 
     // appProtocol makes a Redis port whatever its name; a headless Service is recognised by
@@ -255,7 +280,9 @@ async fn service_and_endpoint_slice_changes_propagate() {
     assert_eq!(svc.endpoints, vec!["10.244.0.30:7001"]);
 
     // A Service without a Redis port is not a Redis service.
-    let web = format!("apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: {ns}}}\nspec:\n  ports: [{{name: http, port: 80}}]\n");
+    let web = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: {ns}}}\nspec:\n  ports: [{{name: http, port: 80}}]\n"
+    );
     apply(plane, &web).unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let cfg = proxy_config(&client, &ns).await.unwrap();
@@ -297,8 +324,10 @@ async fn only_labeled_namespaces_get_the_configuration() {
         proxy_config(&client, &ns).await.is_none().then_some(())
     })
     .await;
-    wait_until("Secret removed", Duration::from_secs(10), || async { credentials(&client, &ns).await.is_none().then_some(()) })
-        .await;
+    wait_until("Secret removed", Duration::from_secs(10), || async {
+        credentials(&client, &ns).await.is_none().then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -309,7 +338,8 @@ async fn unknown_hosts_are_reported_and_routes_to_them_refuse() {
          spec: {{host: [redis-single.elsewhere.svc.cluster.local]}}\n"
     );
     apply(plane, &rs).unwrap();
-    let (reason, message) = wait_condition(plane, "redisservices.redis.respmesh.io", &ns, "nohost", "Accepted", "False").await;
+    let (reason, message) =
+        wait_condition(plane, "redisservices.redis.respmesh.io", &ns, "nohost", "Accepted", "False").await;
     assert_eq!(reason, "HostNotFound");
     assert!(message.contains(&format!("no Service in namespace {ns}")), "{message}");
 
@@ -321,7 +351,8 @@ async fn unknown_hosts_are_reported_and_routes_to_them_refuse() {
          - route: {{host: {cluster}}}\n"
     );
     apply(plane, &rs).unwrap();
-    let (reason, _) = wait_condition(plane, "redisservices.redis.respmesh.io", &ns, "routes", "ResolvedRefs", "False").await;
+    let (reason, _) =
+        wait_condition(plane, "redisservices.redis.respmesh.io", &ns, "routes", "ResolvedRefs", "False").await;
     assert_eq!(reason, "RouteHostNotFound");
     let cfg = wait_until("placeholder", Duration::from_secs(10), || async {
         proxy_config(&client, &ns).await.filter(|c| c.service(&missing).is_some())
@@ -341,7 +372,12 @@ async fn every_manifest_passes_a_server_side_dry_run() {
     let out = plane.kubectl(&["apply", "--dry-run=server", "-R", "-f", dir.to_str().unwrap()], None).unwrap();
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
-    for want in ["redisservices.redis.respmesh.io", "redisservices.redis.aeraki.io", "deployment.apps/respmesh-operator", "redisdestination.redis.respmesh.io/redis-single"] {
+    for want in [
+        "redisservices.redis.respmesh.io",
+        "redisservices.redis.aeraki.io",
+        "deployment.apps/respmesh-operator",
+        "redisdestination.redis.respmesh.io/redis-single",
+    ] {
         assert!(text.contains(want), "{want} not in: {text}");
     }
 }

@@ -415,14 +415,11 @@ services:
 
     #[test]
     fn credentials_come_from_secret_keys() {
-        let secret: BTreeMap<String, Vec<u8>> = [
-            ("a.upstream-password", "up"),
-            ("a.upstream-username", "proxy"),
-            ("a.client-password", "cl"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.as_bytes().to_vec()))
-        .collect();
+        let secret: BTreeMap<String, Vec<u8>> =
+            [("a.upstream-password", "up"), ("a.upstream-username", "proxy"), ("a.client-password", "cl")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.as_bytes().to_vec()))
+                .collect();
         let rt = Runtime::build_with(keyed_service(), 1, Some(secret), &[]).unwrap();
         let a = &rt.services["a"];
         assert_eq!(a.refused, None);

@@ -146,7 +146,11 @@ pub async fn watch(
             continue;
         }
         let Some(config_map) = &cm.current else {
-            let what = if ready.load(Ordering::Acquire) { "the last good configuration keeps serving" } else { "not ready until it exists" };
+            let what = if ready.load(Ordering::Acquire) {
+                "the last good configuration keeps serving"
+            } else {
+                "not ready until it exists"
+            };
             warn!(namespace = %src.namespace, configmap = %src.configmap, "the ConfigMap does not exist; {what}");
             continue;
         };

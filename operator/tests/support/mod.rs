@@ -16,7 +16,8 @@ use respmesh_api::proxy::ProxyConfig;
 use respmesh_kubetest::ControlPlane;
 
 pub const OPERATOR_USER: &str = "system:serviceaccount:respmesh-system:respmesh-operator";
-pub const OPERATOR_GROUPS: &[&str] = &["system:serviceaccounts", "system:serviceaccounts:respmesh-system", "system:authenticated"];
+pub const OPERATOR_GROUPS: &[&str] =
+    &["system:serviceaccounts", "system:serviceaccounts:respmesh-system", "system:authenticated"];
 
 /// A binary of this workspace, from the target directory of the test binary.
 pub fn workspace_bin(name: &str) -> PathBuf {
@@ -136,14 +137,14 @@ impl Operator {
     /// The value of a metric series, e.g. `respmesh_operator_writes_total{kind="configmap"}`.
     pub fn metric(&self, series: &str) -> f64 {
         let (_, body) = self.get("/metrics");
-        body.lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-            .unwrap_or(0.0)
+        body.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
     }
 
     pub async fn wait_ready(&self) {
-        wait_until("operator ready", Duration::from_secs(30), || async { (self.get("/readyz").0 == 200).then_some(()) })
-            .await;
+        wait_until("operator ready", Duration::from_secs(30), || async {
+            (self.get("/readyz").0 == 200).then_some(())
+        })
+        .await;
     }
 
     pub fn kill(&mut self) {
@@ -209,7 +210,13 @@ pub async fn credentials(client: &Client, ns: &str) -> Option<BTreeMap<String, S
 }
 
 /// Waits until the configuration in `ns` has a service `host` for which `check` holds.
-pub async fn wait_service<F>(client: &Client, ns: &str, host: &str, what: &str, check: F) -> respmesh_api::proxy::Service
+pub async fn wait_service<F>(
+    client: &Client,
+    ns: &str,
+    host: &str,
+    what: &str,
+    check: F,
+) -> respmesh_api::proxy::Service
 where
     F: Fn(&respmesh_api::proxy::Service) -> bool,
 {
@@ -221,18 +228,27 @@ where
 }
 
 /// `(status, reason, message)` of condition `kind` on a custom resource.
-pub fn condition(plane: &ControlPlane, resource: &str, ns: &str, name: &str, kind: &str) -> Option<(String, String, String)> {
+pub fn condition(
+    plane: &ControlPlane,
+    resource: &str,
+    ns: &str,
+    name: &str,
+    kind: &str,
+) -> Option<(String, String, String)> {
     let out = plane.kubectl(&["get", resource, "-n", ns, name, "-o", "json"], None).ok()?;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
     let c = v["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == kind)?.clone();
-    Some((
-        c["status"].as_str()?.to_owned(),
-        c["reason"].as_str()?.to_owned(),
-        c["message"].as_str()?.to_owned(),
-    ))
+    Some((c["status"].as_str()?.to_owned(), c["reason"].as_str()?.to_owned(), c["message"].as_str()?.to_owned()))
 }
 
-pub async fn wait_condition(plane: &ControlPlane, resource: &str, ns: &str, name: &str, kind: &str, status: &str) -> (String, String) {
+pub async fn wait_condition(
+    plane: &ControlPlane,
+    resource: &str,
+    ns: &str,
+    name: &str,
+    kind: &str,
+    status: &str,
+) -> (String, String) {
     wait_until(&format!("{resource} {ns}/{name} {kind}={status}"), Duration::from_secs(10), || async {
         condition(plane, resource, ns, name, kind).filter(|c| c.0 == status).map(|c| (c.1, c.2))
     })
@@ -258,10 +274,8 @@ pub async fn demo_namespace(
 }
 
 pub fn endpoint_slice(ns: &str, service: &str, port_name: &str, addrs: &[(&str, bool)], port: u16) -> String {
-    let endpoints: Vec<String> = addrs
-        .iter()
-        .map(|(a, ready)| format!("- addresses: [\"{a}\"]\n  conditions: {{ready: {ready}}}"))
-        .collect();
+    let endpoints: Vec<String> =
+        addrs.iter().map(|(a, ready)| format!("- addresses: [\"{a}\"]\n  conditions: {{ready: {ready}}}")).collect();
     // The API server refuses loopback IPs in EndpointSlices; `localhost` as an FQDN slice is
     // how a test points a Service at a process on this machine.
     let kind = if addrs.iter().all(|(a, _)| a.parse::<std::net::Ipv4Addr>().is_ok()) { "IPv4" } else { "FQDN" };
@@ -275,4 +289,158 @@ pub fn endpoint_slice(ns: &str, service: &str, port_name: &str, addrs: &[(&str, 
 
 pub fn host(name: &str, ns: &str) -> String {
     format!("{name}.{ns}.svc.cluster.local")
+}
+
+/// A redis-server in a "pod" network namespace of its own (the API server refuses loopback
+/// endpoints), reachable from this machine at `ip:6379`; stopped when dropped.
+pub struct Redis {
+    pub ip: String,
+    pub port: u16,
+    child: Child,
+    _netns: respmesh_kubetest::netns::NetNs,
+}
+
+impl Redis {
+    pub fn start(args: &[&str]) -> Redis {
+        let netns = respmesh_kubetest::netns::NetNs::create().expect("a network namespace (needs root and iproute2)");
+        let port = 6379;
+        let child = netns
+            .command("redis-server")
+            .args(["--port", &port.to_string(), "--bind", &netns.ip, "--save", "", "--appendonly", "no"])
+            .args(args)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (make deps)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect((netns.ip.as_str(), port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Redis { ip: netns.ip.clone(), port, child, _netns: netns }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends one command on a new connection and returns the first line of the reply, e.g.
+/// `+OK` or `-NOAUTH Authentication required.`; `None` when the connection fails.
+pub fn command(addr: SocketAddr, args: &[&str]) -> Option<String> {
+    command_seq(addr, &[args]).pop()
+}
+
+/// Sends commands in order on one connection and returns the first line of each reply.
+pub fn command_seq(addr: SocketAddr, cmds: &[&[&str]]) -> Vec<String> {
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else { return vec![] };
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    let mut out = Vec::new();
+    for args in cmds {
+        let mut req = format!("*{}\r\n", args.len());
+        for a in *args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        if s.write_all(req.as_bytes()).is_err() {
+            break;
+        }
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        if line.starts_with('$') && !line.starts_with("$-1") {
+            line.clear();
+            let _ = reader.read_line(&mut line);
+        }
+        out.push(line.trim_end().to_owned());
+    }
+    out
+}
+
+/// A respmesh-proxy that reads its configuration from the operator's ConfigMap in `ns`,
+/// with a listener for `host` on a free loopback port.
+pub struct Proxy {
+    child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proxy {
+    pub fn start(kubeconfig: &Path, ns: &str, host: &str) -> Proxy {
+        let mut child = Command::new(workspace_bin("respmesh-proxy"))
+            .env("KUBECONFIG", kubeconfig)
+            .args(["--configmap", &format!("{ns}/respmesh-proxy")])
+            .args(["--bind", &format!("127.0.0.1:0={host}"), "--admin", "127.0.0.1:0", "--log-level", "info,kube=warn"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn respmesh-proxy");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    let _ = tx.send(line.clone());
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let (mut addr, mut admin) = (None, None);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while addr.is_none() || admin.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("proxy did not start; log:\n{}", log.lock().unwrap().join("\n")));
+            let field =
+                || line.split_whitespace().find_map(|t| t.strip_prefix("address=")).and_then(|a| a.parse().ok());
+            if line.contains("admin listening") {
+                admin = field();
+            } else if line.contains(" listening") {
+                addr = field();
+            }
+        }
+        Proxy { child, addr: addr.unwrap(), admin: admin.unwrap(), log }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    pub fn ready(&self) -> bool {
+        let Ok(mut s) = std::net::TcpStream::connect(self.admin) else { return false };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let _ = write!(s, "GET /ready HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut text = String::new();
+        let _ = s.read_to_string(&mut text);
+        text.starts_with("HTTP/1.1 200")
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A kubeconfig for a proxy in `ns`: only get/list/watch of ConfigMaps and Secrets there.
+pub fn proxy_kubeconfig(plane: &ControlPlane, ns: &str) -> PathBuf {
+    let user = format!("system:serviceaccount:{ns}:app");
+    let rbac = format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: respmesh-proxy, namespace: {ns}}}\n\
+         rules:\n- apiGroups: [\"\"]\n  resources: [configmaps, secrets]\n  resourceNames: [respmesh-proxy, respmesh-proxy-credentials]\n  \
+         verbs: [get, list, watch]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\n\
+         metadata: {{name: respmesh-proxy, namespace: {ns}}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: respmesh-proxy}}\n\
+         subjects: [{{kind: User, name: \"{user}\", apiGroup: rbac.authorization.k8s.io}}]\n"
+    );
+    apply(plane, &rbac).unwrap();
+    plane.kubeconfig_for(&user, &["system:serviceaccounts", "system:authenticated"]).unwrap()
 }
