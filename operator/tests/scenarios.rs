@@ -24,7 +24,7 @@ async fn scenario_1_upstream_auth_from_a_secret() {
     let (plane, client, ns) = setup("s1").await;
     let single = host("redis-single", &ns);
     // Without resources: plain proxying to the ready endpoint, recognised by its cluster IP.
-    let svc = wait_service(&client, &ns, &single, "redis-single", |_| true).await;
+    let svc = wait_service(&client, &ns, &single, "redis-single", |s| !s.endpoints.is_empty()).await;
     assert_eq!(svc.endpoints, vec!["10.244.0.10:6379"]);
     assert_eq!(svc.mode, Mode::Proxy);
     assert!(svc.auth.is_none() && svc.client_auth.is_none());
@@ -124,7 +124,8 @@ async fn scenario_8_redis_outside_the_cluster() {
     let (plane, client, ns) = setup("s8").await;
     let yaml = example("8-external-redis.yaml", &ns);
     apply(plane, &yaml).unwrap();
-    let svc = wait_service(&client, &ns, &host("external-redis", &ns), "external redis", |_| true).await;
+    let svc =
+        wait_service(&client, &ns, &host("external-redis", &ns), "external redis", |s| !s.endpoints.is_empty()).await;
     assert_eq!(svc.endpoints, vec!["192.0.2.10:6379"]);
     assert!(svc.addresses[0].ends_with(":6379"));
     // Resources work on it as on any in-cluster service.
