@@ -58,6 +58,16 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// A binary of this workspace, found beside the running test binary's directory
+/// (`target/<profile>/`). `cargo test --workspace` (and `make test`) build them all.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is not built: run `cargo build --workspace` first", path.display());
+    path
+}
+
 /// The directory holding `kube-apiserver` and `etcd`: `RESPMESH_K8S_BIN`, else built (or
 /// found in the cache) by `scripts/k8s-bins.sh`.
 pub fn binaries() -> anyhow::Result<PathBuf> {

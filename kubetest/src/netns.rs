@@ -55,6 +55,28 @@ impl NetNs {
         Ok(made)
     }
 
+    /// Joins this namespace to `other` with a veth pair of their own on a private /30;
+    /// returns (this side's address, the other side's address).
+    pub fn link_to(&self, other: &NetNs) -> anyhow::Result<(String, String)> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let slot = (std::process::id().wrapping_mul(64) + n) % 16384;
+        let (a, b) = (slot / 64, (slot % 64) * 4);
+        let (mine, theirs) = (format!("10.251.{a}.{}", b + 1), format!("10.251.{a}.{}", b + 2));
+        let (if_a, if_b) = (format!("lk{n}a"), format!("lk{n}b"));
+        ip(&["-n", &self.name, "link", "add", &if_a, "type", "veth", "peer", "name", &if_b, "netns", &other.name])?;
+        ip(&["-n", &self.name, "addr", "add", &format!("{mine}/30"), "dev", &if_a])?;
+        ip(&["-n", &other.name, "addr", "add", &format!("{theirs}/30"), "dev", &if_b])?;
+        ip(&["-n", &self.name, "link", "set", &if_a, "up"])?;
+        ip(&["-n", &other.name, "link", "set", &if_b, "up"])?;
+        Ok((mine, theirs))
+    }
+
+    /// Adds a route inside the namespace, e.g. `("10.96.0.0/16", "10.251.0.2")`.
+    pub fn route(&self, cidr: &str, via: &str) -> anyhow::Result<()> {
+        ip(&["-n", &self.name, "route", "add", cidr, "via", via])
+    }
+
     /// A command that runs inside the namespace.
     pub fn command(&self, program: &str) -> Command {
         let mut c = Command::new("ip");

@@ -173,12 +173,20 @@ impl RouteRt {
 /// The credentials Secret: key to value, values trimmed. `None` when the proxy has none.
 pub type SecretData = Option<BTreeMap<String, Vec<u8>>>;
 
+/// The service name of a capture listener (`--capture`): each of its connections goes to the
+/// service whose `addresses` hold the connection's original destination (`SO_ORIGINAL_DST`,
+/// set by the iptables REDIRECT of respmesh-init), or is relayed as plain TCP.
+pub const CAPTURE: &str = "";
+
 /// One configuration snapshot.
 #[derive(Debug)]
 pub struct Runtime {
     pub source: ProxyConfig,
     pub services: HashMap<String, Arc<ServiceRt>>,
+    /// Listening addresses and their service's host ([`CAPTURE`] for capture listeners).
     pub listeners: Vec<(SocketAddr, String)>,
+    /// Service address (VIP:port, or endpoint address of a headless service) to host.
+    pub by_address: HashMap<SocketAddr, String>,
     pub limits: Limits,
     pub generation: u64,
     /// The credentials Secret this snapshot was built with.
@@ -192,8 +200,9 @@ impl Runtime {
     }
 
     /// Builds a snapshot with the credentials Secret `secret` and extra listeners `binds`
-    /// (address, service host) that are not checked against the services: a listener whose
-    /// service is not (yet) configured answers its clients with an error saying so.
+    /// (address, service host, or [`CAPTURE`]) that are not checked against the services: a
+    /// listener whose service is not (yet) configured answers its clients with an error
+    /// saying so.
     pub fn build_with(
         source: ProxyConfig,
         generation: u64,
@@ -253,7 +262,13 @@ impl Runtime {
             listeners.push((*addr, host.clone()));
         }
         let limits = Limits::from(&source.limits);
-        Ok(Runtime { source, services, listeners, limits, generation, secret })
+        let mut by_address = HashMap::new();
+        for svc in &source.services {
+            for a in &svc.addresses {
+                by_address.insert(a.parse().expect("validated"), svc.host.clone());
+            }
+        }
+        Ok(Runtime { source, services, listeners, by_address, limits, generation, secret })
     }
 }
 

@@ -32,6 +32,11 @@ struct Args {
     /// 127.0.0.1:6380=redis-single.redis.svc.cluster.local. With --config or --configmap.
     #[arg(long = "bind", value_name = "ADDRESS=HOST", conflicts_with = "upstream")]
     binds: Vec<String>,
+    /// Listen on ADDRESS for connections redirected by respmesh-init (repeatable), e.g.
+    /// 127.0.0.1:15379 and [::1]:15379: each goes to the service whose addresses hold its
+    /// original destination, or is relayed unchanged. With --config or --configmap.
+    #[arg(long = "capture", value_name = "ADDRESS", conflicts_with = "upstream")]
+    captures: Vec<SocketAddr>,
     /// Address to listen on (with --upstream).
     #[arg(long, default_value = "127.0.0.1:6380")]
     listen: SocketAddr,
@@ -107,7 +112,8 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let binds = args.binds.iter().map(|b| parse_bind(b)).collect::<anyhow::Result<Vec<_>>>()?;
+    let mut binds = args.binds.iter().map(|b| parse_bind(b)).collect::<anyhow::Result<Vec<_>>>()?;
+    binds.extend(args.captures.iter().map(|a| (*a, respmesh_proxy::config::CAPTURE.to_owned())));
     let source = match (&args.config, &args.upstream, &args.configmap) {
         (Some(path), _, _) => Source::File(respmesh_proxy::reload::FileSource {
             path: path.clone(),

@@ -79,6 +79,8 @@ pub struct Metrics {
     workers: Mutex<Vec<Arc<WorkerStats>>>,
     pub client_connections: Gauge,
     pub client_connections_total: Counter,
+    /// Captured connections to no known service, relayed as plain TCP.
+    pub relayed_connections: Counter,
     pub protocol_errors: Counter,
     pub upstream_connections: Family<ServiceLabel, Gauge>,
     pub upstream_connect_failures: Family<ServiceLabel, Counter>,
@@ -97,6 +99,7 @@ impl Metrics {
             workers: Mutex::new(Vec::new()),
             client_connections: Gauge::default(),
             client_connections_total: Counter::default(),
+            relayed_connections: Counter::default(),
             protocol_errors: Counter::default(),
             upstream_connections: Family::default(),
             upstream_connect_failures: Family::default(),
@@ -147,6 +150,11 @@ impl Metrics {
         let mut registry = Registry::with_prefix("respmesh_proxy");
         registry.register("client_connections", "Client connections open now", self.client_connections.clone());
         registry.register("client_connections", "Client connections accepted", self.client_connections_total.clone());
+        registry.register(
+            "relayed_connections",
+            "Captured connections to no known Redis service, relayed as plain TCP",
+            self.relayed_connections.clone(),
+        );
         registry.register(
             "protocol_errors",
             "Client connections closed for malformed or oversized input",

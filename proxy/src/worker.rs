@@ -17,7 +17,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::client::{Client, Flusher};
 use crate::cluster::ClusterRouter;
@@ -241,6 +241,51 @@ async fn worker_main(setup: WorkerSetup, ready: mpsc::Sender<Result<Vec<SocketAd
     }
 }
 
+enum Captured {
+    Service(String),
+    Relay(SocketAddr),
+    Refuse,
+}
+
+/// Where a redirected connection was going, and so which service (if any) serves it.
+fn captured_service(stream: &tokio::net::TcpStream, worker: &Worker) -> Captured {
+    let sock = socket2::SockRef::from(stream);
+    let local = stream.local_addr().ok();
+    let original = match local {
+        Some(SocketAddr::V6(_)) => sock.original_dst_v6(),
+        _ => sock.original_dst_v4(),
+    };
+    let dst = match original.map(|a| a.as_socket()) {
+        Ok(Some(dst)) => dst,
+        Ok(None) | Err(_) => {
+            warn!(peer = ?stream.peer_addr().ok(), "a connection on the capture port has no original destination; closed");
+            return Captured::Refuse;
+        }
+    };
+    // A direct connection to the capture port (not redirected) would relay to itself.
+    if Some(dst) == local {
+        debug!("a direct connection to the capture port; closed");
+        return Captured::Refuse;
+    }
+    match worker.config.load().by_address.get(&dst) {
+        Some(host) => Captured::Service(host.clone()),
+        None => Captured::Relay(dst),
+    }
+}
+
+/// Relays a connection to a destination that is no Redis service, byte for byte.
+async fn relay(mut client: tokio::net::TcpStream, dst: SocketAddr) {
+    match tokio::net::TcpStream::connect(dst).await {
+        Ok(mut upstream) => {
+            let _ = upstream.set_nodelay(true);
+            if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                debug!(destination = %dst, error = %e, "relay ended");
+            }
+        }
+        Err(e) => debug!(destination = %dst, error = %e, "relay: cannot connect; closing the client"),
+    }
+}
+
 /// Binds new listeners, drops removed ones, and retargets ones whose service changed.
 fn reconcile_listeners(worker: &Rc<Worker>, bound: &mut HashMap<SocketAddr, Bound>) -> Result<Vec<SocketAddr>, String> {
     let rt = worker.config.load();
@@ -266,7 +311,11 @@ fn reconcile_listeners(worker: &Rc<Worker>, bound: &mut HashMap<SocketAddr, Boun
             Ok(listener) => {
                 let local = listener.local_addr().unwrap_or(*addr);
                 addrs.push(local);
-                info!(worker = worker.id, address = %local, service = %service, "listening");
+                if service.as_str() == config::CAPTURE {
+                    info!(worker = worker.id, address = %local, "capturing redirected connections");
+                } else {
+                    info!(worker = worker.id, address = %local, service = %service, "listening");
+                }
                 let service = Rc::new(RefCell::new((*service).clone()));
                 let task = tokio::task::spawn_local(accept_loop(listener, service.clone(), worker.clone()));
                 bound.insert(*addr, Bound { service, task });
@@ -302,7 +351,18 @@ async fn accept_loop(listener: TcpListener, service: Rc<RefCell<String>>, worker
             }
         };
         let _ = stream.set_nodelay(true);
-        let host = service.borrow().clone();
+        let mut host = service.borrow().clone();
+        if host == config::CAPTURE {
+            match captured_service(&stream, &worker) {
+                Captured::Service(h) => host = h,
+                Captured::Relay(dst) => {
+                    worker.metrics.relayed_connections.inc();
+                    tokio::task::spawn_local(relay(stream, dst));
+                    continue;
+                }
+                Captured::Refuse => continue,
+            }
+        }
         let client = Rc::new(Client::new(stream));
         let Some(session) = Session::new(client.clone(), worker.clone(), host) else {
             continue;

@@ -19,14 +19,7 @@ pub const OPERATOR_USER: &str = "system:serviceaccount:respmesh-system:respmesh-
 pub const OPERATOR_GROUPS: &[&str] =
     &["system:serviceaccounts", "system:serviceaccounts:respmesh-system", "system:authenticated"];
 
-/// A binary of this workspace, from the target directory of the test binary.
-pub fn workspace_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps");
-    let path = dir.join(name);
-    assert!(path.exists(), "{} is not built: run `cargo build --workspace` first", path.display());
-    path
-}
+pub use respmesh_kubetest::workspace_bin;
 
 pub fn repo_file(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
