@@ -320,6 +320,10 @@ fn reconcile_listeners(worker: &Rc<Worker>, bound: &mut HashMap<SocketAddr, Boun
                 let task = tokio::task::spawn_local(accept_loop(listener, service.clone(), worker.clone()));
                 bound.insert(*addr, Bound { service, task });
             }
+            // A pod without IPv6 has no [::1]: its capture listener is simply not needed.
+            Err(e) if service.as_str() == config::CAPTURE && addr.is_ipv6() => {
+                warn!(worker = worker.id, address = %addr, error = %e, "no IPv6 capture (the pod has no IPv6 loopback)")
+            }
             Err(e) => problems.push(format!("cannot listen on {addr}: {e}")),
         }
     }
