@@ -235,3 +235,56 @@ fn redirected_redis_traffic_is_served_by_the_proxy_and_other_traffic_passes_thro
     assert!(text.contains("capturing redirected connections"), "{text}");
     assert!(!text.contains("ERROR"), "{text}");
 }
+
+/// The same over IPv6: ip6tables rules, the original destination read with
+/// IP6T_SO_ORIGINAL_DST, a [v6]:port service address.
+#[test]
+fn ipv6_connections_are_captured_too() {
+    let pod = NetNs::create().unwrap();
+    let redis_ns = NetNs::create().unwrap();
+    let (_, _, link) = pod.link_to_named(&redis_ns).unwrap();
+    let n = std::process::id() % 0xffff;
+    let (pod_ip, redis_ip) = (format!("fd00:251:{n:x}::1"), format!("fd00:251:{n:x}::2"));
+    pod.link_v6(&redis_ns, &link, &pod_ip, &redis_ip).unwrap();
+    pod.route("fd00:96::/64", &redis_ip).unwrap();
+    let _redis = {
+        let mut c = redis_ns.command("redis-server");
+        c.args(["--bind", &redis_ip, "--port", "6379", "--save", "", "--appendonly", "no", "--requirepass", "pw6"]);
+        Killed(c.stdout(Stdio::null()).spawn().unwrap())
+    };
+    wait_port(&redis_ns, &format!("{redis_ip}:6379"));
+    let dir = open_dir();
+    let proxy = runnable_copy(dir.path(), "respmesh-proxy");
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "apiVersion: proxy.respmesh.io/v1alpha1\nkind: ProxyConfig\nservices:\n\
+             - host: redis-v6.test.svc.cluster.local\n  addresses: [\"[fd00:96::10]:6379\"]\n  \
+             endpoints: [\"[{redis_ip}]:6379\"]\n  auth: {{password: pw6}}\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let log = dir.path().join("proxy.log");
+    let _proxy = {
+        let mut c = pod.command("setpriv");
+        c.args(["--reuid=1379", "--regid=1379", "--clear-groups"]).arg(&proxy);
+        c.args(["--config", config.to_str().unwrap(), "--capture", "127.0.0.1:15379", "--capture", "[::1]:15379"]);
+        c.args(["--admin", "off"]);
+        Killed(c.stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap())
+    };
+    wait_port(&pod, "::1:15379");
+    let mut c = pod.command(workspace_bin("respmesh-init").to_str().unwrap());
+    c.args(["--ports", "6379", "--ipv6", "on"]);
+    ok(c);
+    let mut c = pod.command("ip6tables-save");
+    c.args(["-t", "nat"]);
+    assert!(ok(c).contains("-A OUTPUT -p tcp -j RESPMESH_OUTPUT"));
+    let mut c = pod.command("redis-cli");
+    c.args(["-h", "fd00:96::10", "-p", "6379", "SET", "v6", "captured"]);
+    assert_eq!(ok(c).trim(), "OK", "log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+    let mut direct = redis_ns.command("redis-cli");
+    direct.args(["-h", &redis_ip, "-a", "pw6", "--no-auth-warning", "GET", "v6"]);
+    assert_eq!(ok(direct).trim(), "captured");
+}

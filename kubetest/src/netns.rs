@@ -58,6 +58,11 @@ impl NetNs {
     /// Joins this namespace to `other` with a veth pair of their own on a private /30;
     /// returns (this side's address, the other side's address).
     pub fn link_to(&self, other: &NetNs) -> anyhow::Result<(String, String)> {
+        self.link_to_named(other).map(|(a, b, _)| (a, b))
+    }
+
+    /// [`NetNs::link_to`], also returning the link's name prefix (for [`NetNs::link_v6`]).
+    pub fn link_to_named(&self, other: &NetNs) -> anyhow::Result<(String, String, String)> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let slot = (std::process::id().wrapping_mul(64) + n) % 16384;
@@ -69,12 +74,20 @@ impl NetNs {
         ip(&["-n", &other.name, "addr", "add", &format!("{theirs}/30"), "dev", &if_b])?;
         ip(&["-n", &self.name, "link", "set", &if_a, "up"])?;
         ip(&["-n", &other.name, "link", "set", &if_b, "up"])?;
-        Ok((mine, theirs))
+        Ok((mine, theirs, format!("lk{n}")))
+    }
+
+    /// Adds IPv6 addresses to the link made by [`NetNs::link_to`] (its `n`th link, as the
+    /// interface names `lk<n>a`/`lk<n>b` say): `mine` here and `theirs` on `other`, /64.
+    pub fn link_v6(&self, other: &NetNs, link: &str, mine: &str, theirs: &str) -> anyhow::Result<()> {
+        ip(&["-n", &self.name, "-6", "addr", "add", &format!("{mine}/64"), "dev", &format!("{link}a"), "nodad"])?;
+        ip(&["-n", &other.name, "-6", "addr", "add", &format!("{theirs}/64"), "dev", &format!("{link}b"), "nodad"])
     }
 
     /// Adds a route inside the namespace, e.g. `("10.96.0.0/16", "10.251.0.2")`.
     pub fn route(&self, cidr: &str, via: &str) -> anyhow::Result<()> {
-        ip(&["-n", &self.name, "route", "add", cidr, "via", via])
+        let family = if cidr.contains(':') { "-6" } else { "-4" };
+        ip(&["-n", &self.name, family, "route", "add", cidr, "via", via])
     }
 
     /// A command that runs inside the namespace.

@@ -81,7 +81,14 @@ fn kubectl(plane: &ControlPlane, args: &[&str], stdin: Option<&str>) -> Result<S
     }
 }
 
-fn create_pod(plane: &ControlPlane, ns: &str, name: &str, extra_spec: &str, labels: &str, dry_run: bool) -> Result<Value, String> {
+fn create_pod(
+    plane: &ControlPlane,
+    ns: &str,
+    name: &str,
+    extra_spec: &str,
+    labels: &str,
+    dry_run: bool,
+) -> Result<Value, String> {
     let yaml = format!(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels: {{{labels}}}\nspec:\n  containers: [{{name: app, image: redis}}]\n{extra_spec}"
     );
@@ -93,7 +100,10 @@ fn create_pod(plane: &ControlPlane, ns: &str, name: &str, extra_spec: &str, labe
 }
 
 fn init_names(pod: &Value) -> Vec<String> {
-    pod["spec"]["initContainers"].as_array().map(|a| a.iter().map(|c| c["name"].as_str().unwrap().to_owned()).collect()).unwrap_or_default()
+    pod["spec"]["initContainers"]
+        .as_array()
+        .map(|a| a.iter().map(|c| c["name"].as_str().unwrap().to_owned()).collect())
+        .unwrap_or_default()
 }
 
 fn secret_field(plane: &ControlPlane, key: &str) -> String {
@@ -136,7 +146,18 @@ async fn the_webhook_injects_labeled_namespaces_only_and_survives_certificate_ro
         std::thread::sleep(Duration::from_millis(200));
     }
     let ca = secret_field(plane, "ca.crt");
-    let bundle = kubectl(plane, &["get", "mutatingwebhookconfiguration", "respmesh-webhook", "-o", "jsonpath={.webhooks[0].clientConfig.caBundle}"], None).unwrap();
+    let bundle = kubectl(
+        plane,
+        &[
+            "get",
+            "mutatingwebhookconfiguration",
+            "respmesh-webhook",
+            "-o",
+            "jsonpath={.webhooks[0].clientConfig.caBundle}",
+        ],
+        None,
+    )
+    .unwrap();
     assert_eq!(bundle, ca, "the caBundle is the CA from the Secret");
     assert!(kubectl(plane, &["get", "pod", "-n", &ns, "probe"], None).is_err(), "a dry run stores nothing");
 
@@ -151,12 +172,14 @@ async fn the_webhook_injects_labeled_namespaces_only_and_survives_certificate_ro
     assert_eq!(pod["spec"]["initContainers"][0]["args"], serde_json::json!(["--ports", "6380"]));
     assert_eq!(pod["spec"]["initContainers"][1]["restartPolicy"], "Always");
     assert!(pod["metadata"]["annotations"]["respmesh.io/status"].is_string());
-    let stored: Value = serde_json::from_str(&kubectl(plane, &["get", "pod", "-n", &ns, "app", "-o", "json"], None).unwrap()).unwrap();
+    let stored: Value =
+        serde_json::from_str(&kubectl(plane, &["get", "pod", "-n", &ns, "app", "-o", "json"], None).unwrap()).unwrap();
     assert_eq!(init_names(&stored), ["respmesh-init", "respmesh-proxy"], "stored mutated");
 
     // Injecting an injected pod gives the same pod.
     let mut again = stored.clone();
-    again["metadata"] = serde_json::json!({"name": "again", "namespace": ns, "annotations": stored["metadata"]["annotations"]});
+    again["metadata"] =
+        serde_json::json!({"name": "again", "namespace": ns, "annotations": stored["metadata"]["annotations"]});
     again.as_object_mut().unwrap().remove("status");
     let again = kubectl(plane, &["create", "-f", "-", "-o", "json"], Some(&again.to_string())).unwrap();
     let again: Value = serde_json::from_str(&again).unwrap();
@@ -192,7 +215,11 @@ async fn the_webhook_injects_labeled_namespaces_only_and_survives_certificate_ro
     );
     let out = Command::new("python3").args(["-c", &script]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.starts_with("200 respmesh: malformed AdmissionReview"), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        text.starts_with("200 respmesh: malformed AdmissionReview"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Rotation: the serving certificate changes, the CA does not, and admission keeps working.
     let first_cert = secret_field(plane, "tls.crt");
