@@ -250,3 +250,43 @@ async fn the_webhook_injects_labeled_namespaces_only_and_survives_certificate_ro
     assert!(!second.log().contains("WARN"), "{}", second.log());
     kubectl(plane, &["label", "namespace", "kube-system", "respmesh.io/inject-"], None).unwrap();
 }
+
+/// With cert-manager, the webhook serves the certificate mounted in --cert-dir and reloads it
+/// when the files change, without a restart.
+#[tokio::test]
+async fn a_mounted_certificate_is_served_and_reloaded() {
+    use respmesh_webhook::certs::{issue, new_ca};
+    let plane = respmesh_kubetest::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |ca: &str, key: &str| {
+        let c = issue(ca, key, &["127.0.0.1".to_owned()], Duration::from_secs(3600)).unwrap();
+        std::fs::write(dir.path().join("tls.crt"), &c.cert_pem).unwrap();
+        std::fs::write(dir.path().join("tls.key"), &c.key_pem).unwrap();
+        std::fs::write(dir.path().join("ca.crt"), ca).unwrap();
+    };
+    let (ca1, key1) = new_ca().unwrap();
+    write(&ca1, &key1);
+    let webhook = Webhook::start(plane, &["--cert-dir", dir.path().to_str().unwrap()]);
+    // Python verifies the server against the CA file: only the current certificate passes.
+    let verify = |ca: &str| {
+        let ca_file = dir.path().join("verify-ca.crt");
+        std::fs::write(&ca_file, ca).unwrap();
+        let script = format!(
+            "import http.client, ssl\nctx = ssl.create_default_context(cafile='{}')\nctx.check_hostname = False\n\
+             c = http.client.HTTPSConnection('127.0.0.1', {}, context=ctx)\nc.request('GET', '/healthz')\nprint(c.getresponse().status)\n",
+            ca_file.display(),
+            webhook.port
+        );
+        let out = Command::new("python3").args(["-c", &script]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim() == "200"
+    };
+    assert!(verify(&ca1), "{}", webhook.log());
+    let (ca2, key2) = new_ca().unwrap();
+    write(&ca2, &key2);
+    let start = Instant::now();
+    while !verify(&ca2) {
+        assert!(start.elapsed() < Duration::from_secs(10), "not reloaded:\n{}", webhook.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!verify(&ca1), "the old certificate is no longer served");
+}
