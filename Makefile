@@ -11,6 +11,7 @@
 SHELL := /bin/bash
 CACHE ?= $(HOME)/.cache/respmesh
 export CARGO_TARGET_DIR ?= $(CACHE)/target
+export RESPMESH_CACHE := $(CACHE)
 CARGO ?= cargo
 PROXY_RELEASE := $(CARGO_TARGET_DIR)/release/respmesh-proxy
 FUZZ_SECONDS ?= 60
