@@ -15,6 +15,7 @@ use std::rc::Rc;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::net::TcpStream;
 
+use crate::cluster::merge::{Combine, combine};
 use crate::signal::Signal;
 
 /// Output buffers larger than this are released once written, so that one large reply does not
@@ -51,6 +52,16 @@ struct Out {
     close_after_flush: bool,
     /// A write would have blocked; the session waits for writability.
     blocked: bool,
+    /// Replies that combine into one (a command split across routes): oldest first.
+    groups: VecDeque<Group>,
+}
+
+/// Consecutive requests `first..first + len` whose replies the client gets as one.
+struct Group {
+    first: Seq,
+    len: usize,
+    combine: Combine,
+    parts: Vec<Option<Bytes>>,
 }
 
 impl Out {
@@ -64,17 +75,34 @@ impl Out {
             self.parked[i] = Some(Bytes::copy_from_slice(reply));
             return;
         }
-        if !self.gone {
-            self.buf.extend_from_slice(reply);
-        }
-        self.head += 1;
+        self.emit(reply);
         self.parked.pop_front();
         while let Some(Some(_)) = self.parked.front() {
             let r = self.parked.pop_front().flatten().expect("checked");
-            if !self.gone {
-                self.buf.extend_from_slice(&r);
+            self.emit(&r);
+        }
+    }
+
+    /// The reply to request `head`, in order: written, or kept for its group.
+    fn emit(&mut self, reply: &[u8]) {
+        let seq = self.head;
+        self.head += 1;
+        if let Some(g) = self.groups.front_mut()
+            && seq >= g.first
+        {
+            g.parts.push(Some(Bytes::copy_from_slice(reply)));
+            if g.parts.len() < g.len {
+                return;
             }
-            self.head += 1;
+            let g = self.groups.pop_front().expect("checked");
+            let merged = combine(&g.combine, &g.parts);
+            if !self.gone {
+                self.buf.extend_from_slice(&merged);
+            }
+            return;
+        }
+        if !self.gone {
+            self.buf.extend_from_slice(reply);
         }
     }
 }
@@ -96,6 +124,24 @@ impl Client {
         let mut out = self.out.borrow_mut();
         out.next += 1;
         out.next - 1
+    }
+
+    /// The replies to the next `len` requests issued reach the client as one, combined as
+    /// `combine` says. Each of those requests must get exactly one reply.
+    pub fn group_next(&self, len: usize, combine: Combine) {
+        let mut out = self.out.borrow_mut();
+        let first = out.next;
+        out.groups.push_back(Group { first, len, combine, parts: Vec::with_capacity(len) });
+    }
+
+    /// Requests issued since `since` (a value of [`Client::next_seq`]).
+    pub fn issued_since(&self, since: Seq) -> u64 {
+        self.out.borrow().next - since
+    }
+
+    /// The sequence number the next request will get.
+    pub fn next_seq(&self) -> Seq {
+        self.out.borrow().next
     }
 
     /// Requests issued and not answered yet.

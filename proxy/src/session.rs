@@ -91,6 +91,9 @@ pub struct Session {
     pub(crate) fault_delay: Option<std::time::Duration>,
     /// A command is running on a route's service (caches of the session's own do not apply).
     pub(crate) routing: bool,
+    /// The parts of a command split across routes are being sent: they go to different
+    /// services, so the wait for earlier replies before switching upstreams does not apply.
+    pub(crate) splitting: bool,
 }
 
 impl Session {
@@ -123,6 +126,7 @@ impl Session {
             batch_start: None,
             fault_delay: None,
             routing: false,
+            splitting: false,
         })
     }
 
@@ -507,7 +511,10 @@ impl Session {
                 up
             }
         };
-        if self.client.outstanding() > 0 && !self.last.as_ref().is_some_and(|l| Rc::ptr_eq(l, &target)) {
+        if self.client.outstanding() > 0
+            && !self.splitting
+            && !self.last.as_ref().is_some_and(|l| Rc::ptr_eq(l, &target))
+        {
             return Err(self.drain());
         }
         if let Want::Dedicated { raw: true, .. } = want

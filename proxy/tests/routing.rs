@@ -144,3 +144,74 @@ services:
     }
     assert_eq!(proxy.metric(series), before, "GETs were mirrored");
 }
+
+/// MGET, MSET, DEL, EXISTS, UNLINK and TOUCH over keys of several routes: one part per route
+/// (each route's service splitting further by slot if it is a cluster), one reply as one
+/// Redis would give it, in the client's order among pipelined commands.
+#[test]
+fn multi_key_commands_are_split_across_routes_and_merged() {
+    let single = Redis::start_with(&["--requirepass", "testredis"]);
+    let cluster = Cluster::start_with(3, 0);
+    let routes = "      - match: {key: {prefix: \"c:\", removePrefix: true}}\n        route: {host: redis-cluster.redis.svc.cluster.local}\n      - route: {host: redis-single.redis.svc.cluster.local}\n";
+    let proxy = Proxy::start_config(&config(&single, &cluster, routes));
+    let mut c = proxy.conn();
+    assert_eq!(c.cmd(&["MSET", "a", "1", "c:x", "2", "b", "3", "c:y", "4", "c:z", "5"]), "+OK\r\n");
+    assert_eq!(
+        c.cmd(&["MGET", "c:x", "a", "nope", "c:y", "b", "c:z", "c:nope"]),
+        "*7\r\n$1\r\n2\r\n$1\r\n1\r\n$-1\r\n$1\r\n4\r\n$1\r\n3\r\n$1\r\n5\r\n$-1\r\n"
+    );
+    assert_eq!(c.cmd(&["EXISTS", "a", "c:x", "c:x", "nope", "c:nope"]), ":3\r\n");
+    assert_eq!(c.cmd(&["TOUCH", "a", "c:y"]), ":2\r\n");
+    // Where the keys really are: the prefix removed in the cluster, kept on the single.
+    let mut s = single.conn();
+    s.cmd(&["AUTH", "testredis"]);
+    assert_eq!(s.cmd(&["MGET", "a", "b", "c:x"]), "*3\r\n$1\r\n1\r\n$1\r\n3\r\n$-1\r\n");
+    let cp = Proxy::start_args(&["--upstream", &cluster.nodes[0].addr(), "--mode", "cluster"]);
+    assert_eq!(cp.conn().cmd(&["MGET", "x", "y", "z"]), "*3\r\n$1\r\n2\r\n$1\r\n4\r\n$1\r\n5\r\n");
+
+    // Pipelined with other commands, replies keep their order.
+    c.send(&["GET", "a"]);
+    c.send(&["MGET", "b", "c:z"]);
+    c.send(&["GET", "c:y"]);
+    c.send(&["DEL", "a", "c:x", "c:y", "nope"]);
+    c.send(&["UNLINK", "b", "c:z"]);
+    c.send(&["MGET", "a", "c:x"]);
+    let replies: Vec<String> = (0..6).map(|_| String::from_utf8_lossy(&c.read_reply()).into_owned()).collect();
+    assert_eq!(
+        replies,
+        ["$1\r\n1\r\n", "*2\r\n$1\r\n3\r\n$1\r\n5\r\n", "$1\r\n4\r\n", ":3\r\n", ":2\r\n", "*2\r\n$-1\r\n$-1\r\n"]
+    );
+    // Redis's own errors stay Redis's; commands that cannot be split get a clear error.
+    assert_eq!(c.cmd(&["MSET", "a", "1", "c:x"]), "-ERR wrong number of arguments for 'mset' command\r\n");
+    assert_eq!(
+        c.cmd(&["MSETNX", "a", "1", "c:x", "2"]),
+        "-CROSSSLOT Keys in request don't belong to the same route\r\n"
+    );
+    c.cmd(&["SET", "s", "x"]);
+    c.cmd(&["SADD", "c:set", "m"]);
+    assert!(c.cmd(&["MGET", "s", "c:set"]).starts_with("*2\r\n$1\r\nx\r\n"), "MGET of a set is nil, as Redis says");
+    // Inside a transaction the keys must share a service.
+    assert_eq!(c.cmd(&["MULTI"]), "+OK\r\n");
+    assert_eq!(c.cmd(&["MGET", "a", "c:x"]), "-CROSSSLOT Keys in request don't belong to the same route\r\n");
+    assert_eq!(c.cmd(&["DISCARD"]), "+OK\r\n");
+    assert_eq!(c.cmd(&["PING"]), "+PONG\r\n");
+}
+
+/// A part whose service is unusable makes the whole command fail with that service's error,
+/// and the connection goes on.
+#[test]
+fn a_failing_route_fails_the_split_command_with_its_error() {
+    let single = Redis::start_with(&["--requirepass", "testredis"]);
+    let cluster = Cluster::start_with(3, 0);
+    let routes = "      - match: {key: {prefix: \"c:\"}}\n        route: {host: redis-cluster.redis.svc.cluster.local}\n      - route: {host: redis-single.redis.svc.cluster.local}\n";
+    let mut proxy = Proxy::start_config(&config(&single, &cluster, routes));
+    let mut c = proxy.conn();
+    assert_eq!(c.cmd(&["MSET", "a", "1", "c:b", "2"]), "+OK\r\n");
+    drop(single);
+    proxy.allow_warning("redis-single");
+    proxy.allow_warning("cannot connect");
+    let reply = c.cmd(&["MGET", "a", "c:b"]);
+    assert!(reply.starts_with("-ERR respmesh: "), "{reply}");
+    assert!(reply.contains("redis-single"), "{reply}");
+    assert_eq!(c.cmd(&["GET", "c:b"]), "$1\r\n2\r\n");
+}

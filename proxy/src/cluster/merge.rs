@@ -64,7 +64,9 @@ impl Merge {
     }
 }
 
-fn combine(how: &Combine, parts: &[Option<Bytes>]) -> Vec<u8> {
+/// The reply one Redis would give, from the parts' replies in part order (an error in any
+/// part is the reply).
+pub fn combine(how: &Combine, parts: &[Option<Bytes>]) -> Vec<u8> {
     let parts: Vec<&[u8]> = parts.iter().map(|p| p.as_deref().unwrap_or_default()).collect();
     if let Some(err) = parts.iter().find(|p| is_error(p)) {
         return err.to_vec();
