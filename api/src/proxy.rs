@@ -100,6 +100,27 @@ pub struct Service {
     pub routes: Vec<Route>,
 }
 
+impl Service {
+    /// A PROXY-mode service with every setting at its default.
+    pub fn new(host: impl Into<String>, endpoints: Vec<String>) -> Service {
+        Service {
+            host: host.into(),
+            addresses: Vec::new(),
+            endpoints,
+            mode: Mode::Proxy,
+            auth: None,
+            client_auth: None,
+            op_timeout: default_op_timeout(),
+            connect_timeout: default_connect_timeout(),
+            cluster: ClusterSettings::default(),
+            read_policy: ReadPolicy::default(),
+            enable_hashtagging: false,
+            faults: Vec::new(),
+            routes: Vec::new(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Route {

@@ -117,6 +117,27 @@ fn wait_port(ns: &NetNs, addr: &str) {
     }
 }
 
+/// The proxy in the pod namespace, as UID 1379 (from a copy it can run), with `services` (YAML
+/// list items) and capture listeners on the loopback addresses REDIRECT sends to.
+fn capturing_proxy(pod: &NetNs, services: &str) -> (Killed, tempfile::TempDir, PathBuf) {
+    let dir = open_dir();
+    let proxy = runnable_copy(dir.path(), "respmesh-proxy");
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!("apiVersion: proxy.respmesh.io/v1alpha1\nkind: ProxyConfig\nservices:\n{services}"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let log = dir.path().join("proxy.log");
+    let mut c = pod.command("setpriv");
+    c.args(["--reuid=1379", "--regid=1379", "--clear-groups"]).arg(&proxy);
+    c.args(["--config", config.to_str().unwrap(), "--capture", "127.0.0.1:15379", "--capture", "[::1]:15379"]);
+    c.args(["--admin", "off"]);
+    let child = Killed(c.stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap());
+    (child, dir, log)
+}
+
 const ECHO: &str = r#"
 import socket, sys, threading
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -177,26 +198,13 @@ fn redirected_redis_traffic_is_served_by_the_proxy_and_other_traffic_passes_thro
     wait_port(&redis_ns, &format!("{redis_ip}:6380"));
 
     // The proxy, as UID 1379, capturing on the loopback addresses REDIRECT sends to.
-    let dir = open_dir();
-    let proxy = runnable_copy(dir.path(), "respmesh-proxy");
-    let config = dir.path().join("config.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "apiVersion: proxy.respmesh.io/v1alpha1\nkind: ProxyConfig\nservices:\n\
-             - host: redis-single.test.svc.cluster.local\n  addresses: [\"10.96.0.10:6379\"]\n  \
+    let (_proxy, _dir, log) = capturing_proxy(
+        &pod,
+        &format!(
+            "- host: redis-single.test.svc.cluster.local\n  addresses: [\"10.96.0.10:6379\"]\n  \
              endpoints: [\"{redis_ip}:6379\"]\n  auth: {{password: testredis}}\n"
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let log = dir.path().join("proxy.log");
-    let _proxy = {
-        let mut c = pod.command("setpriv");
-        c.args(["--reuid=1379", "--regid=1379", "--clear-groups"]).arg(&proxy);
-        c.args(["--config", config.to_str().unwrap(), "--capture", "127.0.0.1:15379", "--admin", "off"]);
-        Killed(c.stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap())
-    };
+    );
     wait_port(&pod, "127.0.0.1:15379");
 
     let mut c = pod.command(workspace_bin("respmesh-init").to_str().unwrap());
@@ -253,27 +261,13 @@ fn ipv6_connections_are_captured_too() {
         Killed(c.stdout(Stdio::null()).spawn().unwrap())
     };
     wait_port(&redis_ns, &format!("{redis_ip}:6379"));
-    let dir = open_dir();
-    let proxy = runnable_copy(dir.path(), "respmesh-proxy");
-    let config = dir.path().join("config.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "apiVersion: proxy.respmesh.io/v1alpha1\nkind: ProxyConfig\nservices:\n\
-             - host: redis-v6.test.svc.cluster.local\n  addresses: [\"[fd00:96::10]:6379\"]\n  \
+    let (_proxy, _dir, log) = capturing_proxy(
+        &pod,
+        &format!(
+            "- host: redis-v6.test.svc.cluster.local\n  addresses: [\"[fd00:96::10]:6379\"]\n  \
              endpoints: [\"[{redis_ip}]:6379\"]\n  auth: {{password: pw6}}\n"
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let log = dir.path().join("proxy.log");
-    let _proxy = {
-        let mut c = pod.command("setpriv");
-        c.args(["--reuid=1379", "--regid=1379", "--clear-groups"]).arg(&proxy);
-        c.args(["--config", config.to_str().unwrap(), "--capture", "127.0.0.1:15379", "--capture", "[::1]:15379"]);
-        c.args(["--admin", "off"]);
-        Killed(c.stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap())
-    };
+    );
     wait_port(&pod, "::1:15379");
     let mut c = pod.command(workspace_bin("respmesh-init").to_str().unwrap());
     c.args(["--ports", "6379", "--ipv6", "on"]);

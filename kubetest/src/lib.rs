@@ -16,6 +16,7 @@
 //! exactly the permissions its RBAC manifests grant.
 
 pub mod netns;
+pub mod process;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -294,21 +294,8 @@ pub fn translate(inputs: &Inputs) -> Translation {
                 addresses.push(a);
             }
         }
-        let mut svc = proxy::Service {
-            host: rp.host.clone(),
-            addresses,
-            endpoints: endpoints.into_iter().collect(),
-            mode: proxy::Mode::Proxy,
-            auth: None,
-            client_auth: None,
-            op_timeout: respmesh_api::Duration::from_secs(5),
-            connect_timeout: respmesh_api::Duration::from_secs(1),
-            cluster: Default::default(),
-            read_policy: Default::default(),
-            enable_hashtagging: false,
-            faults: vec![],
-            routes: vec![],
-        };
+        let mut svc = proxy::Service::new(rp.host.clone(), endpoints.into_iter().collect());
+        svc.addresses = addresses;
         svc.endpoints.retain(|e| e.parse::<std::net::SocketAddr>().is_ok() || e.rsplit_once(':').is_some());
         services.insert(rp.host.clone(), svc);
     }
@@ -435,21 +422,7 @@ pub fn translate(inputs: &Inputs) -> Translation {
         conditions.insert(cr.key.clone(), out.into_conditions());
     }
     for host in placeholders {
-        services.entry(host.clone()).or_insert_with(|| proxy::Service {
-            host,
-            addresses: vec![],
-            endpoints: vec![],
-            mode: proxy::Mode::Proxy,
-            auth: None,
-            client_auth: None,
-            op_timeout: respmesh_api::Duration::from_secs(5),
-            connect_timeout: respmesh_api::Duration::from_secs(1),
-            cluster: Default::default(),
-            read_policy: Default::default(),
-            enable_hashtagging: false,
-            faults: vec![],
-            routes: vec![],
-        });
+        services.entry(host.clone()).or_insert_with(|| proxy::Service::new(host, Vec::new()));
     }
 
     let config = ProxyConfig { services: services.into_values().collect(), ..ProxyConfig::empty() };

@@ -389,19 +389,8 @@ mod tests {
     fn a_missing_password_file_is_a_clear_error() {
         let mut cfg = ProxyConfig::empty();
         cfg.services.push(respmesh_api::proxy::Service {
-            host: "svc".into(),
-            addresses: vec![],
-            endpoints: vec!["127.0.0.1:6379".into()],
-            mode: Mode::Proxy,
             auth: Some(Credentials { password_file: Some("/nonexistent/pw".into()), ..Default::default() }),
-            client_auth: None,
-            op_timeout: respmesh_api::Duration::from_secs(1),
-            connect_timeout: respmesh_api::Duration::from_secs(1),
-            cluster: Default::default(),
-            read_policy: Default::default(),
-            faults: vec![],
-            enable_hashtagging: false,
-            routes: vec![],
+            ..respmesh_api::proxy::Service::new("svc", vec!["127.0.0.1:6379".into()])
         });
         let err = format!("{:#}", Runtime::build(cfg, 1).unwrap_err());
         assert!(err.contains("service svc: auth: cannot read /nonexistent/pw"), "{err}");

@@ -155,19 +155,10 @@ fn one_liner(args: &Args, upstream: &str) -> ProxyConfig {
         ..Default::default()
     });
     cfg.services.push(Service {
-        host: upstream.to_owned(),
-        addresses: vec![],
-        endpoints: vec![upstream.to_owned()],
         mode: args.mode.into(),
         auth,
         client_auth,
-        op_timeout: respmesh_api::Duration::from_secs(5),
-        connect_timeout: respmesh_api::Duration::from_secs(1),
-        cluster: Default::default(),
-        read_policy: Default::default(),
-        faults: vec![],
-        enable_hashtagging: false,
-        routes: vec![],
+        ..Service::new(upstream, vec![upstream.to_owned()])
     });
     cfg.listeners.push(Listener { address: args.listen.to_string(), service: upstream.to_owned() });
     cfg

@@ -3,25 +3,16 @@
 //! the MutatingWebhookConfiguration is the manifest's, pointed at 127.0.0.1, and the
 //! webhook fills in its caBundle itself.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use respmesh_kubetest::process::{Logged, address_in};
 use respmesh_kubetest::{ControlPlane, workspace_bin};
 use serde_json::Value;
 
 struct Webhook {
-    child: Child,
+    proc: Logged,
     port: u16,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Drop for Webhook {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Webhook {
@@ -32,43 +23,19 @@ impl Webhook {
                 &["system:serviceaccounts", "system:serviceaccounts:respmesh-system", "system:authenticated"],
             )
             .unwrap();
-        let mut child = Command::new(workspace_bin("respmesh-webhook"))
-            .env("KUBECONFIG", kubeconfig)
+        let mut cmd = Command::new(workspace_bin("respmesh-webhook"));
+        cmd.env("KUBECONFIG", kubeconfig)
             .args(["--listen", "127.0.0.1:0", "--extra-hosts", "127.0.0.1", "--namespace", "respmesh-system"])
             .args(["--cert-check-interval", "1s", "--log-level", "info,kube=warn"])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        plane.adopt(child.id()).unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    let _ = tx.send(line.clone());
-                    log.lock().unwrap().push(line);
-                }
-            });
-        }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let port = loop {
-            let line = rx
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .unwrap_or_else(|_| panic!("webhook did not start:\n{}", log.lock().unwrap().join("\n")));
-            if line.contains("webhook listening") {
-                let addr = line.split_whitespace().find_map(|t| t.strip_prefix("address=")).unwrap();
-                break addr.rsplit_once(':').unwrap().1.parse().unwrap();
-            }
-        };
-        Webhook { child, port, log }
+            .args(extra);
+        let proc = Logged::spawn(cmd, "webhook").unwrap();
+        plane.adopt(proc.child.id()).unwrap();
+        let port = address_in(&proc.wait_for("webhook listening", Duration::from_secs(20))).unwrap().port();
+        Webhook { proc, port }
     }
 
     fn log(&self) -> String {
-        self.log.lock().unwrap().join("\n")
+        self.proc.log()
     }
 }
 

@@ -7,13 +7,14 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Api, Client};
 use respmesh_api::proxy::ProxyConfig;
 use respmesh_kubetest::ControlPlane;
+use respmesh_kubetest::process::{Logged, address_in};
 
 pub const OPERATOR_USER: &str = "system:serviceaccount:respmesh-system:respmesh-operator";
 pub const OPERATOR_GROUPS: &[&str] =
@@ -65,56 +66,26 @@ pub fn install_operator_rbac(plane: &ControlPlane) {
 
 /// A running respmesh-operator, with the identity and permissions of its ServiceAccount.
 pub struct Operator {
-    child: Option<Child>,
+    proc: Option<Logged>,
     pub http: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Operator {
     pub fn start(plane: &ControlPlane, identity: &str, extra: &[&str]) -> Operator {
         install_operator_rbac(plane);
         let kubeconfig = plane.kubeconfig_for(OPERATOR_USER, OPERATOR_GROUPS).unwrap();
-        let mut child = Command::new(workspace_bin("respmesh-operator"))
-            .env("KUBECONFIG", kubeconfig)
+        let mut cmd = Command::new(workspace_bin("respmesh-operator"));
+        cmd.env("KUBECONFIG", kubeconfig)
             .args(["--http", "127.0.0.1:0", "--identity", identity, "--log-level", "info,kube=warn"])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn respmesh-operator");
-        plane.adopt(child.id()).unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    if std::env::var_os("RESPMESH_TEST_LOG").is_some() {
-                        eprintln!("[operator] {line}");
-                    }
-                    let _ = tx.send(line.clone());
-                    log.lock().unwrap().push(line);
-                }
-            });
-        }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let http = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("operator did not start; log:\n{}", log.lock().unwrap().join("\n")));
-            if line.contains("metrics listening") {
-                let addr = line.split_whitespace().find_map(|t| t.strip_prefix("address=")).unwrap();
-                break addr.parse().unwrap();
-            }
-        };
-        Operator { child: Some(child), http, log }
+            .args(extra);
+        let proc = Logged::spawn(cmd, "operator").expect("spawn respmesh-operator");
+        plane.adopt(proc.child.id()).unwrap();
+        let http = address_in(&proc.wait_for("metrics listening", Duration::from_secs(20))).unwrap();
+        Operator { proc: Some(proc), http }
     }
 
     pub fn log(&self) -> String {
-        self.log.lock().unwrap().join("\n")
+        self.proc.as_ref().map(Logged::log).unwrap_or_default()
     }
 
     pub fn get(&self, path: &str) -> (u16, String) {
@@ -141,23 +112,14 @@ impl Operator {
     }
 
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.proc = None;
     }
 
     pub fn terminate(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
-            let _ = c.wait();
+        if let Some(mut p) = self.proc.take() {
+            let _ = Command::new("kill").args(["-TERM", &p.child.id().to_string()]).status();
+            let _ = p.child.wait();
         }
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
@@ -356,55 +318,30 @@ pub fn command_seq(addr: SocketAddr, cmds: &[&[&str]]) -> Vec<String> {
 /// A respmesh-proxy that reads its configuration from the operator's ConfigMap in `ns`,
 /// with a listener for `host` on a free loopback port.
 pub struct Proxy {
-    child: Child,
+    proc: Logged,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Proxy {
     pub fn start(kubeconfig: &Path, ns: &str, host: &str) -> Proxy {
-        let mut child = Command::new(workspace_bin("respmesh-proxy"))
-            .env("KUBECONFIG", kubeconfig)
-            .args(["--configmap", &format!("{ns}/respmesh-proxy")])
-            .args(["--bind", &format!("127.0.0.1:0={host}"), "--admin", "127.0.0.1:0", "--log-level", "info,kube=warn"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn respmesh-proxy");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    let _ = tx.send(line.clone());
-                    log.lock().unwrap().push(line);
-                }
-            });
-        }
-        let (mut addr, mut admin) = (None, None);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while addr.is_none() || admin.is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("proxy did not start; log:\n{}", log.lock().unwrap().join("\n")));
-            let field =
-                || line.split_whitespace().find_map(|t| t.strip_prefix("address=")).and_then(|a| a.parse().ok());
-            if line.contains("admin listening") {
-                admin = field();
-            } else if line.contains(" listening") {
-                addr = field();
-            }
-        }
-        Proxy { child, addr: addr.unwrap(), admin: admin.unwrap(), log }
+        let mut cmd = Command::new(workspace_bin("respmesh-proxy"));
+        cmd.env("KUBECONFIG", kubeconfig).args(["--configmap", &format!("{ns}/respmesh-proxy")]).args([
+            "--bind",
+            &format!("127.0.0.1:0={host}"),
+            "--admin",
+            "127.0.0.1:0",
+            "--log-level",
+            "info,kube=warn",
+        ]);
+        let proc = Logged::spawn(cmd, "proxy").expect("spawn respmesh-proxy");
+        let admin = address_in(&proc.wait_for("admin listening", Duration::from_secs(20))).unwrap();
+        let addr = address_in(&proc.wait_for(" listening", Duration::from_secs(20))).unwrap();
+        Proxy { proc, addr, admin }
     }
 
     pub fn log(&self) -> String {
-        self.log.lock().unwrap().join("\n")
+        self.proc.log()
     }
 
     pub fn ready(&self) -> bool {
@@ -414,13 +351,6 @@ impl Proxy {
         let mut text = String::new();
         let _ = s.read_to_string(&mut text);
         text.starts_with("HTTP/1.1 200")
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
