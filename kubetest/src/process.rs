@@ -33,15 +33,21 @@ impl Logged {
         Ok(Logged { child, lines, rx: Mutex::new(rx) })
     }
 
-    /// Waits for a line containing `fragment`; panics with the log after `timeout`.
+    /// The first line (so far, or within `timeout`) containing `fragment`; panics with the
+    /// log after `timeout`.
     pub fn wait_for(&self, fragment: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
         let rx = self.rx.lock().expect("log lock");
         loop {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) if line.contains(fragment) => return line,
-                Ok(_) => {}
-                Err(_) => panic!("no log line with {fragment:?} within {timeout:?}; log:\n{}", self.log()),
+            if let Some(line) = self.lines.lock().expect("log lock").iter().find(|l| l.contains(fragment)) {
+                return line.clone();
+            }
+            if rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).is_err() {
+                // One last look: the line may have been kept just now.
+                if let Some(line) = self.lines.lock().expect("log lock").iter().find(|l| l.contains(fragment)) {
+                    return line.clone();
+                }
+                panic!("no log line with {fragment:?} within {timeout:?}; log:\n{}", self.log());
             }
         }
     }
