@@ -22,6 +22,10 @@ use crate::signal::Signal;
 /// pin memory for the rest of an idle connection's life.
 const KEEP_OUT_CAPACITY: usize = 64 * 1024;
 
+/// A parked-reply arena larger than this is compacted when most of it was written already
+/// (replies that keep overtaking one slow one would otherwise grow it without end).
+const ARENA_COMPACT: usize = 64 * 1024;
+
 pub struct Client {
     pub stream: TcpStream,
     out: RefCell<Out>,
@@ -43,9 +47,13 @@ struct Out {
     /// Sequence number of the next request to issue, and of the oldest reply not yet written.
     next: Seq,
     head: Seq,
-    /// Replies waiting for earlier ones: `parked[i]` belongs to `head + i`. Empty while replies
-    /// arrive in order.
-    parked: VecDeque<Option<Bytes>>,
+    /// Replies waiting for earlier ones: `parked[i]` belongs to `head + i`, as a range of
+    /// `arena`. Empty while replies arrive in order.
+    parked: VecDeque<Option<(usize, usize)>>,
+    /// The bytes of parked replies, one buffer for all of them (no allocation per reply).
+    arena: BytesMut,
+    /// Bytes of `arena` still parked (the rest were written).
+    arena_live: usize,
     /// The client is gone: replies are dropped.
     gone: bool,
     /// The connection must close once what is buffered has been written.
@@ -72,15 +80,49 @@ impl Out {
             if self.parked.len() <= i {
                 self.parked.resize(i + 1, None);
             }
-            self.parked[i] = Some(Bytes::copy_from_slice(reply));
+            if self.arena.len() > ARENA_COMPACT && self.arena.len() > 2 * self.arena_live {
+                self.compact_arena();
+            }
+            self.parked[i] = Some((self.arena.len(), reply.len()));
+            self.arena.extend_from_slice(reply);
+            self.arena_live += reply.len();
             return;
         }
         self.emit(reply);
         self.parked.pop_front();
-        while let Some(Some(_)) = self.parked.front() {
-            let r = self.parked.pop_front().flatten().expect("checked");
-            self.emit(&r);
+        if self.parked.front().is_some_and(Option::is_some) {
+            let arena = std::mem::take(&mut self.arena);
+            while let Some(Some((at, len))) = self.parked.front().copied() {
+                self.parked.pop_front();
+                self.emit(&arena[at..at + len]);
+                self.arena_live -= len;
+            }
+            self.arena = arena;
         }
+        if self.parked.is_empty() {
+            self.clear_arena();
+        }
+    }
+
+    /// Drops what the arena holds, and the arena itself if a large reply made it large.
+    fn clear_arena(&mut self) {
+        if self.arena.capacity() > KEEP_OUT_CAPACITY {
+            self.arena = BytesMut::new();
+        } else {
+            self.arena.clear();
+        }
+        self.arena_live = 0;
+    }
+
+    /// Moves the replies still parked to a fresh arena, leaving the written ones behind.
+    fn compact_arena(&mut self) {
+        let mut fresh = BytesMut::with_capacity(self.arena_live * 2);
+        for (at, len) in self.parked.iter_mut().flatten() {
+            let start = fresh.len();
+            fresh.extend_from_slice(&self.arena[*at..*at + *len]);
+            *at = start;
+        }
+        self.arena = fresh;
     }
 
     /// The reply to request `head`, in order: written, or kept for its group.
@@ -232,6 +274,7 @@ impl Client {
         out.gone = true;
         out.buf = BytesMut::new();
         out.parked.clear();
+        out.clear_arena();
     }
 
     pub fn is_gone(&self) -> bool {
@@ -320,6 +363,23 @@ mod tests {
         out.put(3, b"d");
         assert_eq!(&out.buf[..], b"abcd");
         assert!(out.parked.is_empty());
+    }
+
+    #[test]
+    fn parked_replies_keep_their_order_and_their_arena_stays_small() {
+        // Reply n+1 always overtakes reply n, so something is parked at every moment.
+        let rounds = 2000u64;
+        let mut out = out_with(2 * rounds + 4);
+        let reply = |n: u64| format!("${:04}:{}\r\n", n, "x".repeat(1000)).into_bytes();
+        out.put(1, &reply(1));
+        for n in (0..2 * rounds).step_by(2) {
+            out.put(n + 3, &reply(n + 3));
+            out.put(n, &reply(n));
+            assert!(!out.parked.is_empty());
+            assert!(out.arena.len() <= 2 * ARENA_COMPACT, "arena grew to {}", out.arena.len());
+        }
+        let expected: Vec<u8> = (0..2 * rounds).flat_map(reply).collect();
+        assert_eq!(&out.buf[..], &expected[..]);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio::time::Instant;
 
 use crate::cluster::ClusterRouter;
@@ -445,7 +445,7 @@ impl Session {
             let mut req = InFlight::new(self.client.clone(), seq, cmd, now, true);
             req.merge = Some((merge.clone(), part));
             req.hold = self.fault_delay;
-            self.send_slot(&router, *slot, req, sub_frame);
+            self.send_slot(&router, *slot, req, &sub_frame);
         }
         Step::Done
     }
@@ -454,10 +454,10 @@ impl Session {
         let seq = self.client.issue();
         let mut req = InFlight::new(self.client.clone(), seq, cmd, self.now(), true);
         req.hold = self.fault_delay;
-        self.send_slot(router, slot, req, Bytes::copy_from_slice(frame));
+        self.send_slot(router, slot, req, frame);
     }
 
-    fn send_slot(&mut self, router: &Rc<ClusterRouter>, slot: u16, mut req: InFlight, frame: Bytes) {
+    fn send_slot(&mut self, router: &Rc<ClusterRouter>, slot: u16, req: InFlight, frame: &[u8]) {
         let read = req.cmd.has_flag(crate::command::flags::READONLY) && !req.cmd.has_flag(crate::command::flags::WRITE);
         let node = match read.then(|| router.read_node(slot, self.proto)).flatten() {
             Some(replica) => Some(replica),
@@ -469,8 +469,7 @@ impl Session {
             self.worker.stats.record_local(req.cmd, true);
             return;
         };
-        req.frame = Some(frame.clone());
-        node.send_request(req, &frame, false);
+        node.send_request(req, frame, false);
     }
 
     /// SCAN over the whole cluster: the cursor names a primary (low bits) and that node's own

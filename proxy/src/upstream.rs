@@ -105,8 +105,11 @@ pub struct InFlight {
     pub timed: bool,
     /// Sent by the proxy itself: the reply is dropped.
     pub internal: bool,
-    /// Cluster mode: the request, kept to follow MOVED and ASK.
+    /// Cluster mode: the request, copied out of the connection's log of sent requests when a
+    /// MOVED, ASK or TRYAGAIN makes it go again.
     pub frame: Option<Bytes>,
+    /// Cluster mode: the request's length in the connection's log of sent requests.
+    sent: usize,
     /// Cluster mode: the reply is one part of a split command's reply.
     pub merge: Option<(Rc<Merge>, usize)>,
     pub redirects: u8,
@@ -124,6 +127,7 @@ impl InFlight {
             timed: self.timed,
             internal: self.internal,
             frame: self.frame.clone(),
+            sent: self.sent,
             merge: self.merge.clone(),
             redirects: self.redirects,
             hold: self.hold,
@@ -131,7 +135,19 @@ impl InFlight {
     }
 
     pub fn new(client: Rc<Client>, seq: Seq, cmd: CommandId, start: Instant, timed: bool) -> InFlight {
-        InFlight { client, seq, cmd, start, timed, internal: false, frame: None, merge: None, redirects: 0, hold: None }
+        InFlight {
+            client,
+            seq,
+            cmd,
+            start,
+            timed,
+            internal: false,
+            frame: None,
+            sent: 0,
+            merge: None,
+            redirects: 0,
+            hold: None,
+        }
     }
 
     /// Hands the reply to the client, or to the split command it is part of (after the hold of
@@ -154,9 +170,17 @@ impl InFlight {
     }
 }
 
+/// Sent ahead of a request that an ASK redirection sends to another node.
+const ASKING: &[u8] = b"*1\r\n$6\r\nASKING\r\n";
+
 struct Inner {
     state: State,
+    /// Requests to write. With `keep_sent`, also the requests written and not yet answered,
+    /// in order (`written` bytes of them): a cluster node's log from which a request that
+    /// gets MOVED or ASK is taken again, with no copy kept per request.
     wbuf: BytesMut,
+    written: usize,
+    keep_sent: bool,
     inflight: VecDeque<InFlight>,
     /// Raw relay: every byte read goes to this client.
     raw: Option<Rc<Client>>,
@@ -222,6 +246,7 @@ impl Upstream {
     /// Creates an upstream and starts its task on the current `LocalSet`.
     pub fn spawn(spec: Spec, ctx: &Rc<Ctx>, max_depth: u32) -> Rc<Upstream> {
         let (stats, metrics) = (ctx.stats.clone(), ctx.metrics.clone());
+        let keep_sent = spec.router.is_some();
         let up = Rc::new(Upstream {
             endpoint: spec.endpoint.unwrap_or_else(|| spec.svc.endpoint().to_owned()),
             svc: RefCell::new(spec.svc),
@@ -233,6 +258,8 @@ impl Upstream {
             inner: RefCell::new(Inner {
                 state: State::Connecting,
                 wbuf: BytesMut::new(),
+                written: 0,
+                keep_sent,
                 inflight: VecDeque::new(),
                 raw: None,
                 stream: None,
@@ -294,6 +321,9 @@ impl Upstream {
             let seq = client.issue();
             let mut f = InFlight::new(client.clone(), seq, cmd, now, timed);
             f.hold = hold;
+            if inner.keep_sent {
+                f.sent = frame.len();
+            }
             inner.inflight.push_back(f);
         } else {
             self.stats.record_local(cmd, false);
@@ -301,6 +331,7 @@ impl Upstream {
         // An idle connection forms no batch to wait for: write at once, saving the hop to the
         // upstream task (the latency of a lone client). A busy one batches.
         if inner.wbuf.is_empty()
+            && !inner.keep_sent
             && inner.inflight.len() <= 1
             && let Some(stream) = &inner.stream
         {
@@ -344,13 +375,21 @@ impl Upstream {
             req.client.flush_from_upstream();
             return;
         }
+        let mut req = req;
+        req.frame = None;
         if asking {
-            inner.wbuf.extend_from_slice(b"*1\r\n$6\r\nASKING\r\n");
+            inner.wbuf.extend_from_slice(ASKING);
             let mut f = InFlight::new(req.client.clone(), 0, CommandId::UNKNOWN, req.start, true);
             f.internal = true;
+            if inner.keep_sent {
+                f.sent = ASKING.len();
+            }
             inner.inflight.push_back(f);
         }
         inner.wbuf.extend_from_slice(frame);
+        if inner.keep_sent {
+            req.sent = frame.len();
+        }
         inner.inflight.push_back(req);
         if !inner.wake_queued {
             inner.wake_queued = true;
@@ -368,6 +407,9 @@ impl Upstream {
         inner.wbuf.extend_from_slice(frame);
         let mut f = InFlight::new(client.clone(), 0, CommandId::UNKNOWN, now, true);
         f.internal = true;
+        if inner.keep_sent {
+            f.sent = frame.len();
+        }
         inner.inflight.push_back(f);
     }
 
@@ -387,6 +429,9 @@ impl Upstream {
         inner.wbuf.extend_from_slice(frame);
         let mut f = InFlight::new(client.clone(), 0, CommandId::UNKNOWN, now, true);
         f.internal = true;
+        if inner.keep_sent {
+            f.sent = frame.len();
+        }
         inner.inflight.push_back(f);
         if !inner.wake_queued {
             inner.wake_queued = true;
@@ -523,6 +568,7 @@ impl Upstream {
         let (failed, raw) = {
             let mut inner = self.inner.borrow_mut();
             inner.wbuf.clear();
+            inner.written = 0;
             (std::mem::take(&mut inner.inflight), inner.raw.take())
         };
         for f in failed.iter().filter(|f| !f.internal) {
@@ -626,14 +672,15 @@ impl Upstream {
             {
                 let mut inner = self.inner.borrow_mut();
                 inner.wake_queued = false;
-                while !inner.wbuf.is_empty() {
-                    match stream.try_write(&inner.wbuf) {
+                while inner.written < inner.wbuf.len() {
+                    match stream.try_write(&inner.wbuf[inner.written..]) {
+                        Ok(n) if inner.keep_sent => inner.written += n,
                         Ok(n) => inner.wbuf.advance(n),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         Err(e) => return e.to_string(),
                     }
                 }
-                want_write = !inner.wbuf.is_empty();
+                want_write = inner.written < inner.wbuf.len();
                 if inner.retired && inner.inflight.is_empty() && !want_write {
                     return "retired".into();
                 }
@@ -745,11 +792,27 @@ impl Upstream {
                 }
                 Err(e) => return Err(format!("unreadable reply from Redis: {e}")),
             };
-            let Some(req) = inner.inflight.pop_front() else {
+            let Some(mut req) = inner.inflight.pop_front() else {
                 let mut text = String::new();
                 let _ = write!(text, "reply with no request waiting for it ({} bytes)", len);
                 return Err(text);
             };
+            let reply = &rbuf[..len];
+            let mut redirect = None;
+            if inner.keep_sent {
+                if !req.internal
+                    && req.redirects < MAX_REDIRECTS
+                    && is_error(reply)
+                    && let Some(r) = Redirect::parse(reply)
+                {
+                    req.frame = Some(Bytes::copy_from_slice(&inner.wbuf[..req.sent.min(inner.wbuf.len())]));
+                    redirect = Some(r);
+                }
+                // Answered: out of the log (Redis answers only what it has read whole).
+                let sent = req.sent.min(inner.wbuf.len());
+                inner.wbuf.advance(sent);
+                inner.written = inner.written.saturating_sub(sent);
+            }
             if req.internal {
                 rbuf.advance(len);
                 if rbuf.is_empty() {
@@ -757,12 +820,7 @@ impl Upstream {
                 }
                 continue;
             }
-            let reply = &rbuf[..len];
-            if req.frame.is_some()
-                && is_error(reply)
-                && let Some(redirect) = Redirect::parse(reply)
-                && req.redirects < MAX_REDIRECTS
-            {
+            if let Some(redirect) = redirect {
                 redirects.push((req, redirect));
                 rbuf.advance(len);
                 if rbuf.is_empty() {

@@ -233,7 +233,7 @@ impl ClusterRouter {
     /// Follows a MOVED or ASK for a request, or retries it after a TRYAGAIN (with backoff).
     pub fn redirect(&self, mut req: InFlight, redirect: Redirect, proto: u8, from: &str) {
         req.redirects += 1;
-        let Some(frame) = req.frame.clone() else {
+        let Some(frame) = req.frame.take() else {
             req.answer(b"-ERR respmesh: cannot follow a redirection for this request\r\n");
             return;
         };
