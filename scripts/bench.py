@@ -77,9 +77,15 @@ def pinned(cpus, args):
     return ["taskset", "-c", cpus[0]] + args if cpus else args
 
 
-def redis_benchmark(port, test, clients, pipeline, requests, cluster=False):
+def pin_process(pid, cpus):
+    """Moves every thread of a running process to `cpus`."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        os.sched_setaffinity(int(tid), cpus)
+
+
+def redis_benchmark(port, test, clients, pipeline, requests, cluster=False, cpus=None):
     out = subprocess.run(
-        pinned(OTHER_CPUS, ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", test, "-c", str(clients),
+        pinned(cpus or OTHER_CPUS, ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", test, "-c", str(clients),
          "-P", str(pipeline), "-n", str(requests), "-r", "100000", "-d", "16", "--csv"]
                + (["--cluster"] if cluster else [])),
         check=True, capture_output=True, text=True,
@@ -199,8 +205,8 @@ def main():
     procs = Procs()
     try:
         redis_port = free_port()
-        procs.start(pinned(OTHER_CPUS, ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
-                                        "--save", "", "--appendonly", "no", "--dir", procs.dir]), redis_port)
+        redis = procs.start(pinned(OTHER_CPUS, ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
+                                                "--save", "", "--appendonly", "no", "--dir", procs.dir]), redis_port)
 
         tw_port, tw_stats = free_port(), free_port()
         conf = os.path.join(procs.dir, "nutcracker.yml")
@@ -269,6 +275,19 @@ services:
         for name, port, _, _ in targets:
             p50s = [redis_benchmark(port, "get", 1, 1, 20000)[1] for _ in range(args.runs)]
             lat[name] = statistics.median(p50s) * 1000.0
+        # The same with every process on one CPU: what the proxy's own work adds, without the
+        # cross-CPU wake-ups (expensive on virtual machines) that the shared layout pays.
+        one_cpu = {}
+        if CORES >= 2:
+            everything = set(range(CORES))
+            servers = [redis.pid, tw.pid, rm.pid]
+            for pid in servers:
+                pin_process(pid, {0})
+            for name, port, _, _ in targets:
+                p50s = [redis_benchmark(port, "get", 1, 1, 20000, cpus=["0"])[1] for _ in range(args.runs)]
+                one_cpu[name] = statistics.median(p50s) * 1000.0
+            for pid in servers:
+                pin_process(pid, everything)
 
         rss_idle, per_conn = idle_connections_rss(rm_port, rm.pid)
         tw_idle, tw_per_conn = idle_connections_rss(tw_port, tw.pid)
@@ -337,6 +356,11 @@ services:
     checks.append(("RSS per idle client connection (1,000)", f"{per_conn:.1f} KiB (twemproxy {tw_per_conn:.1f})", "<= 16 KiB", per_conn <= 16))
     for what, got, want, ok in checks:
         print(f"  {what:<40} {got:<60} target {want:<9} {'met' if ok else 'NOT met'}")
+    if one_cpu:
+        print()
+        print(f"  For reference, every process on one CPU (no cross-CPU wake-ups): p50 direct {one_cpu['direct']:.0f} us, "
+              f"twemproxy {one_cpu['twemproxy']:.0f} us, respmesh {one_cpu['respmesh']:.0f} us: "
+              f"respmesh adds {one_cpu['respmesh'] - one_cpu['direct']:.0f} us, twemproxy {one_cpu['twemproxy'] - one_cpu['direct']:.0f} us")
     print()
 
 
