@@ -282,3 +282,57 @@ fn ipv6_connections_are_captured_too() {
     direct.args(["-h", &redis_ip, "-a", "pw6", "--no-auth-warning", "GET", "v6"]);
     assert_eq!(ok(direct).trim(), "captured");
 }
+
+/// respmesh-init uses the iptables backend whose rules are already in the pod's network
+/// namespace (a node's kubelet or CNI decides which), and capture works through either.
+#[test]
+fn the_backend_already_in_use_is_chosen_and_captures() {
+    for (backend, other) in [("legacy", "nft"), ("nft", "legacy")] {
+        let pod = NetNs::create().unwrap();
+        let far = NetNs::create().unwrap();
+        let (_pod_ip, far_ip) = pod.link_to(&far).unwrap();
+        let _echo = {
+            let mut c = far.command("python3");
+            c.args(["-c", ECHO, &far_ip, "6380"]);
+            Killed(c.spawn().unwrap())
+        };
+        wait_port(&far, &format!("{far_ip}:6380"));
+        // What a node's own rules look like to the detection: one rule in the backend it uses.
+        let mut c = pod.command(&format!("iptables-{backend}"));
+        c.args(["-t", "filter", "-A", "INPUT", "-s", "192.0.2.1/32", "-j", "DROP"]);
+        ok(c);
+
+        let (_proxy, _dir, log) = capturing_proxy(
+            &pod,
+            "- host: redis-single.test.svc.cluster.local\n  addresses: [\"10.96.0.10:6379\"]\n  \
+             endpoints: [\"127.0.0.1:6379\"]\n",
+        );
+        wait_port(&pod, "127.0.0.1:15379");
+        let mut c = pod.command(workspace_bin("respmesh-init").to_str().unwrap());
+        c.args(["--ports", "6380", "--ipv6", "off"]);
+        let out = run(c);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("({backend})")));
+
+        let saved = |b: &str| {
+            let mut c = pod.command(&format!("iptables-{b}-save"));
+            c.args(["-t", "nat"]);
+            ok(c)
+        };
+        assert!(saved(backend).contains("-A OUTPUT -p tcp -j RESPMESH_OUTPUT"), "{}", saved(backend));
+        assert!(!saved(other).contains("RESPMESH"), "nothing in the {other} backend:\n{}", saved(other));
+
+        // A connection to port 6380 goes through the proxy (relayed: no service there).
+        let mut c = pod.command("python3");
+        c.args(["-c", CLIENT, &far_ip, "6380"]);
+        assert_eq!(ok(c).trim(), "same", "log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+        let counters = {
+            let mut c = pod.command(&format!("iptables-{backend}"));
+            c.args(["-t", "nat", "-L", "RESPMESH_REDIRECT", "-v", "-n", "-x"]);
+            ok(c)
+        };
+        let redirect = counters.lines().find(|l| l.contains("redir ports 15379")).expect(&counters);
+        let packets: u64 = redirect.split_whitespace().next().unwrap().parse().unwrap();
+        assert!(packets > 0, "{backend}: the connection was redirected:\n{counters}");
+    }
+}
