@@ -51,7 +51,10 @@ mod tests {
     /// The checked-in CRDs are what the types generate; regenerate with crdgen when this fails.
     #[test]
     fn checked_in_crds_are_current() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests");
+        // Cargo names the package directory when it runs the test; prefer it to the build-time
+        // one (a shared target directory may hold a binary built in another checkout).
+        let package = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+        let root = std::path::Path::new(&package).join("../manifests");
         for (rel, text) in crd_files() {
             let on_disk = std::fs::read_to_string(root.join(&rel))
                 .unwrap_or_else(|e| panic!("manifests/{rel}: {e}; run `cargo run -p respmesh-api --bin crdgen`"));

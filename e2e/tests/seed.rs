@@ -35,7 +35,7 @@ fn apply(plane: &ControlPlane, yaml: &str) {
 }
 
 fn repo(rel: &str) -> String {
-    std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)).unwrap()
+    std::fs::read_to_string(respmesh_kubetest::workspace_root().join(rel)).unwrap()
 }
 
 fn spawn(plane: &ControlPlane, bin: &str, user: &str, args: &[&str], log: &std::path::Path) -> Proc {

@@ -29,7 +29,7 @@ fn dry_run_rulesets_match_the_golden_files() {
             ],
         ),
     ];
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let dir = respmesh_kubetest::workspace_root().join("init/tests/golden");
     for (file, args) in cases {
         let got = dry_run(args);
         let path = dir.join(file);

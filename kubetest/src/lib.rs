@@ -59,6 +59,15 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// The workspace's root directory. Cargo names the running test's package directory when it
+/// runs a test, which is preferred to the one recorded at build time: a test binary from a
+/// shared target directory may have been built in another checkout.
+pub fn workspace_root() -> PathBuf {
+    let package =
+        std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    package.parent().map(Path::to_path_buf).unwrap_or(package)
+}
+
 /// A binary of this workspace, found beside the running test binary's directory
 /// (`target/<profile>/`). `cargo test --workspace` (and `make test`) build them all.
 pub fn workspace_bin(name: &str) -> PathBuf {
@@ -75,7 +84,7 @@ pub fn binaries() -> anyhow::Result<PathBuf> {
     if let Ok(dir) = std::env::var("RESPMESH_K8S_BIN") {
         return Ok(PathBuf::from(dir));
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/k8s-bins.sh");
+    let script = workspace_root().join("scripts/k8s-bins.sh");
     let out = Command::new("bash").arg(&script).stderr(Stdio::inherit()).output().context("running k8s-bins.sh")?;
     if !out.status.success() {
         bail!("{} failed", script.display());

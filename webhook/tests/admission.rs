@@ -82,7 +82,7 @@ fn secret_field(plane: &ControlPlane, key: &str) -> String {
 async fn the_webhook_injects_labeled_namespaces_only_and_survives_certificate_rotation() {
     let plane = respmesh_kubetest::shared();
     let client = plane.client().await.unwrap();
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = respmesh_kubetest::workspace_root();
     kubectl(plane, &["apply", "-f", root.join("manifests/operator/operator.yaml").to_str().unwrap()], None).unwrap();
 
     // Its RBAC (and Deployment, which nothing here runs) first, then the webhook configuration

@@ -23,7 +23,7 @@ pub const OPERATOR_GROUPS: &[&str] =
 pub use respmesh_kubetest::workspace_bin;
 
 pub fn repo_file(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
+    respmesh_kubetest::workspace_root().join(rel)
 }
 
 /// Applies YAML with kubectl as the admin; Err carries kubectl's message.
