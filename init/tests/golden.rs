@@ -1,7 +1,6 @@
 //! `respmesh-init --dry-run` prints exactly the checked-in rulesets (tests/golden/). After an
 //! intended change: RESPMESH_BLESS=1 cargo test -p respmesh-init --test golden.
 
-use std::path::Path;
 use std::process::Command;
 
 fn dry_run(args: &[&str]) -> String {
