@@ -150,6 +150,11 @@ impl InFlight {
         }
     }
 
+    /// A request of the proxy's own, made for `client`: its reply is dropped.
+    fn internal(client: Rc<Client>, start: Instant) -> InFlight {
+        InFlight { internal: true, ..InFlight::new(client, 0, CommandId::UNKNOWN, start, true) }
+    }
+
     /// Hands the reply to the client, or to the split command it is part of (after the hold of
     /// a DELAY fault, if any: later replies of the client wait, other clients do not).
     pub fn answer(&self, reply: &[u8]) {
@@ -189,6 +194,17 @@ struct Inner {
     wake_queued: bool,
     /// Replaced by a newer upstream (configuration change): finish what is in flight, then go.
     retired: bool,
+}
+
+impl Inner {
+    /// Queues a request to write and its place in the line of replies.
+    fn queue(&mut self, frame: &[u8], mut f: InFlight) {
+        self.wbuf.extend_from_slice(frame);
+        if self.keep_sent {
+            f.sent = frame.len();
+        }
+        self.inflight.push_back(f);
+    }
 }
 
 /// What to connect to, and how.
@@ -375,22 +391,10 @@ impl Upstream {
             req.client.flush_from_upstream();
             return;
         }
-        let mut req = req;
-        req.frame = None;
         if asking {
-            inner.wbuf.extend_from_slice(ASKING);
-            let mut f = InFlight::new(req.client.clone(), 0, CommandId::UNKNOWN, req.start, true);
-            f.internal = true;
-            if inner.keep_sent {
-                f.sent = ASKING.len();
-            }
-            inner.inflight.push_back(f);
+            inner.queue(ASKING, InFlight::internal(req.client.clone(), req.start));
         }
-        inner.wbuf.extend_from_slice(frame);
-        if inner.keep_sent {
-            req.sent = frame.len();
-        }
-        inner.inflight.push_back(req);
+        inner.queue(frame, InFlight { frame: None, ..req });
         if !inner.wake_queued {
             inner.wake_queued = true;
             self.wake.notify();
@@ -404,13 +408,7 @@ impl Upstream {
         if !matches!(inner.state, State::Ready | State::Connecting) || inner.raw.is_some() {
             return;
         }
-        inner.wbuf.extend_from_slice(frame);
-        let mut f = InFlight::new(client.clone(), 0, CommandId::UNKNOWN, now, true);
-        f.internal = true;
-        if inner.keep_sent {
-            f.sent = frame.len();
-        }
-        inner.inflight.push_back(f);
+        inner.queue(frame, InFlight::internal(client.clone(), now));
     }
 
     /// Sends a mirrored copy of a request; its reply is dropped. Never waits: when this
@@ -426,13 +424,7 @@ impl Upstream {
         if inner.raw.is_some() || inner.inflight.len() >= limit {
             return false;
         }
-        inner.wbuf.extend_from_slice(frame);
-        let mut f = InFlight::new(client.clone(), 0, CommandId::UNKNOWN, now, true);
-        f.internal = true;
-        if inner.keep_sent {
-            f.sent = frame.len();
-        }
-        inner.inflight.push_back(f);
+        inner.queue(frame, InFlight::internal(client.clone(), now));
         if !inner.wake_queued {
             inner.wake_queued = true;
             self.wake.notify();
