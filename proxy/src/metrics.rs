@@ -86,6 +86,7 @@ pub struct Metrics {
     pub upstream_connect_failures: Family<ServiceLabel, Counter>,
     pub upstream_auth_failures: Family<ServiceLabel, Counter>,
     pub upstream_timeouts: Family<ServiceLabel, Counter>,
+    pub upstream_batches: Family<ServiceLabel, Counter>,
     pub config_reloads: Family<[(&'static str, &'static str); 1], Counter>,
     pub faults: Family<[(&'static str, String); 2], Counter>,
     pub mirrored: Family<[(&'static str, String); 2], Counter>,
@@ -105,6 +106,7 @@ impl Metrics {
             upstream_connect_failures: Family::default(),
             upstream_auth_failures: Family::default(),
             upstream_timeouts: Family::default(),
+            upstream_batches: Family::default(),
             config_reloads: Family::default(),
             faults: Family::default(),
             mirrored: Family::default(),
@@ -175,6 +177,11 @@ impl Metrics {
             "upstream_timeouts",
             "Requests that hit opTimeout (the upstream connection is then reset)",
             self.upstream_timeouts.clone(),
+        );
+        registry.register(
+            "upstream_batches",
+            "Writes of requests to shared upstream connections (one batch at a time per connection)",
+            self.upstream_batches.clone(),
         );
         registry.register("config_reloads", "Configuration reloads by result", self.config_reloads.clone());
         registry.register("faults_injected", "Faults injected, by service and type", self.faults.clone());

@@ -37,6 +37,7 @@ use crate::replies;
 use crate::resp::reply::{ReplyScanner, Scan, is_error, simple_text};
 use crate::resp::request::encode_command;
 use crate::signal::Signal;
+use prometheus_client::metrics::counter::Counter;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 /// MOVED/ASK replies followed for one request before its client gets the error.
@@ -186,6 +187,15 @@ struct Inner {
     wbuf: BytesMut,
     written: usize,
     keep_sent: bool,
+    /// One batch at a time (shared connections): requests written and not yet answered, and
+    /// bytes of the batch not yet written. Requests that come meanwhile wait in `wbuf` and go
+    /// together as the next batch once this one is answered: Redis answers a connection's
+    /// requests in order anyway, and fewer, larger writes cost both sides less CPU (and wake
+    /// Redis less often) than a write per request that happens to arrive alone.
+    /// Dedicated connections (subscribers, MONITOR) write at once.
+    awaiting: usize,
+    batch_left: usize,
+    one_batch: bool,
     inflight: VecDeque<InFlight>,
     /// Raw relay: every byte read goes to this client.
     raw: Option<Rc<Client>>,
@@ -250,6 +260,8 @@ pub struct Upstream {
     stats: Arc<WorkerStats>,
     metrics: Arc<Metrics>,
     max_depth: Cell<u32>,
+    /// Batches of requests written (shared connections).
+    batches: Counter,
 }
 
 /// Why a connection attempt failed.
@@ -263,6 +275,7 @@ impl Upstream {
     pub fn spawn(spec: Spec, ctx: &Rc<Ctx>, max_depth: u32) -> Rc<Upstream> {
         let (stats, metrics) = (ctx.stats.clone(), ctx.metrics.clone());
         let keep_sent = spec.router.is_some();
+        let batches = metrics.upstream_batches.get_or_create(&Metrics::service(&spec.svc.host)).clone();
         let up = Rc::new(Upstream {
             endpoint: spec.endpoint.unwrap_or_else(|| spec.svc.endpoint().to_owned()),
             svc: RefCell::new(spec.svc),
@@ -276,6 +289,9 @@ impl Upstream {
                 wbuf: BytesMut::new(),
                 written: 0,
                 keep_sent,
+                awaiting: 0,
+                batch_left: 0,
+                one_batch: spec.kind == Kind::Shared,
                 inflight: VecDeque::new(),
                 raw: None,
                 stream: None,
@@ -287,6 +303,7 @@ impl Upstream {
             metrics,
             ctx: ctx.clone(),
             max_depth: Cell::new(max_depth),
+            batches,
         });
         tokio::task::spawn_local(up.clone().run());
         up
@@ -351,7 +368,15 @@ impl Upstream {
             && inner.inflight.len() <= 1
             && let Some(stream) = &inner.stream
         {
-            match stream.try_write(frame) {
+            let result = stream.try_write(frame);
+            if inner.one_batch {
+                inner.awaiting = 1;
+                inner.batch_left = frame.len() - *result.as_ref().unwrap_or(&0);
+            }
+            if self.kind == Kind::Shared {
+                self.batches.inc();
+            }
+            match result {
                 Ok(n) if n == frame.len() => return Ok(()),
                 Ok(n) => {
                     let rest = &frame[n..];
@@ -561,6 +586,8 @@ impl Upstream {
             let mut inner = self.inner.borrow_mut();
             inner.wbuf.clear();
             inner.written = 0;
+            inner.awaiting = 0;
+            inner.batch_left = 0;
             (std::mem::take(&mut inner.inflight), inner.raw.take())
         };
         for f in failed.iter().filter(|f| !f.internal) {
@@ -664,15 +691,31 @@ impl Upstream {
             {
                 let mut inner = self.inner.borrow_mut();
                 inner.wake_queued = false;
-                while inner.written < inner.wbuf.len() {
-                    match stream.try_write(&inner.wbuf[inner.written..]) {
-                        Ok(n) if inner.keep_sent => inner.written += n,
-                        Ok(n) => inner.wbuf.advance(n),
+                if !inner.one_batch || (inner.awaiting == 0 && inner.batch_left == 0) {
+                    // A new batch: everything queued.
+                    let fresh = inner.batch_left == 0;
+                    inner.batch_left = inner.wbuf.len() - inner.written;
+                    inner.awaiting = inner.inflight.len();
+                    if fresh && inner.batch_left > 0 && self.kind == Kind::Shared {
+                        self.batches.inc();
+                    }
+                }
+                while inner.batch_left > 0 {
+                    let end = inner.written + inner.batch_left;
+                    match stream.try_write(&inner.wbuf[inner.written..end]) {
+                        Ok(n) => {
+                            inner.batch_left -= n;
+                            if inner.keep_sent {
+                                inner.written += n;
+                            } else {
+                                inner.wbuf.advance(n);
+                            }
+                        }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         Err(e) => return e.to_string(),
                     }
                 }
-                want_write = inner.written < inner.wbuf.len();
+                want_write = inner.batch_left > 0;
                 if inner.retired && inner.inflight.is_empty() && !want_write {
                     return "retired".into();
                 }
@@ -789,6 +832,7 @@ impl Upstream {
                 let _ = write!(text, "reply with no request waiting for it ({} bytes)", len);
                 return Err(text);
             };
+            inner.awaiting = inner.awaiting.saturating_sub(1);
             let reply = &rbuf[..len];
             let mut redirect = None;
             if inner.keep_sent {

@@ -183,3 +183,37 @@ fn a_bad_command_line_or_config_fails_with_a_clear_message() {
     assert!(err.contains("listeners[0].address: \"x\" is not an IP:port address"), "{err}");
     assert!(err.contains("listeners[0].service: no service has host \"y\""), "{err}");
 }
+
+/// A shared upstream connection has one batch out at a time: requests from other clients that
+/// arrive meanwhile wait for its replies, then go upstream together in one write.
+#[test]
+fn requests_that_arrive_while_a_batch_is_out_go_upstream_together() {
+    let redis = Redis::start();
+    let proxy = Proxy::start_config(&config_yaml(&redis.addr(), ""));
+    let batches = || proxy.metric("respmesh_proxy_upstream_batches_total{service=\"redis-single\"}");
+    assert_eq!(proxy.conn().cmd(&["SET", "k", "v"]), "+OK\r\n");
+    let before = batches();
+
+    // Keeps Redis busy for 400 ms: its batch stays out that long.
+    let busy = "local t = redis.call('TIME'); local e = t[1] * 1000000 + t[2] + 400000; local n; \
+                repeat n = redis.call('TIME') until n[1] * 1000000 + n[2] >= e; return 1";
+    let mut slow = proxy.conn();
+    let start = Instant::now();
+    slow.send(&["EVAL", busy, "0"]);
+    std::thread::sleep(Duration::from_millis(50));
+    let mut clients: Vec<_> = (0..20)
+        .map(|_| {
+            let mut c = proxy.conn();
+            c.send(&["GET", "k"]);
+            std::thread::sleep(Duration::from_millis(5));
+            c
+        })
+        .collect();
+    assert!(start.elapsed() < Duration::from_millis(300), "the GETs were sent while the script ran");
+    assert_eq!(String::from_utf8(slow.read_reply()).unwrap(), ":1\r\n");
+    for c in &mut clients {
+        assert_eq!(String::from_utf8(c.read_reply()).unwrap(), "$1\r\nv\r\n");
+    }
+    // The script's batch, then one for all twenty GETs.
+    assert_eq!(batches() - before, 2.0);
+}
