@@ -197,7 +197,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("proxy")
     ap.add_argument("--requests", type=int, default=300000)
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--pin", action="store_true", help="pin proxies to their own core")
     args = ap.parse_args()
     set_pinning(args.pin)
