@@ -25,9 +25,7 @@ impl Drop for Proc {
 }
 
 fn kubectl(plane: &ControlPlane, args: &[&str], stdin: Option<&str>) -> String {
-    let out = plane.kubectl(args, stdin).unwrap();
-    assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    plane.kubectl_ok(args, stdin).unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"))
 }
 
 fn apply(plane: &ControlPlane, yaml: &str) {
@@ -218,17 +216,7 @@ async fn the_seed_scenarios_end_to_end() {
         // The operator writes the namespace's ConfigMap; the webhook reads its ports.
         let ready =
             plane.kubectl(&["get", "configmap", "-n", "redis", "respmesh-proxy"], None).unwrap().status.success();
-        let bundle = kubectl(
-            plane,
-            &[
-                "get",
-                "mutatingwebhookconfiguration",
-                "respmesh-webhook",
-                "-o",
-                "jsonpath={.webhooks[0].clientConfig.caBundle}",
-            ],
-            None,
-        );
+        let bundle = plane.webhook_ca_bundle("respmesh-webhook");
         if ready && !bundle.is_empty() {
             let out = plane
                 .kubectl(&["create", "--dry-run=server", "-o", "json", "-f", "-"], Some("apiVersion: v1\nkind: Pod\nmetadata: {name: redis-client, namespace: redis}\nspec: {containers: [{name: redis-client, image: redis}]}\n"))

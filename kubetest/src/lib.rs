@@ -333,6 +333,22 @@ impl ControlPlane {
         drop(input);
         Ok(child.wait_with_output()?)
     }
+
+    /// kubectl as the admin: its output, or its error message.
+    pub fn kubectl_ok(&self, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
+        let out = self.kubectl(args, stdin).map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// The caBundle of a MutatingWebhookConfiguration's first webhook; empty until it is set.
+    pub fn webhook_ca_bundle(&self, name: &str) -> String {
+        let jsonpath = "jsonpath={.webhooks[0].clientConfig.caBundle}";
+        self.kubectl_ok(&["get", "mutatingwebhookconfiguration", name, "-o", jsonpath], None).unwrap_or_default()
+    }
 }
 
 impl Drop for ControlPlane {

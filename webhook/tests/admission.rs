@@ -40,12 +40,7 @@ impl Webhook {
 }
 
 fn kubectl(plane: &ControlPlane, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
-    let out = plane.kubectl(args, stdin).unwrap();
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    plane.kubectl_ok(args, stdin)
 }
 
 fn create_pod(
@@ -113,18 +108,7 @@ async fn the_webhook_injects_labeled_namespaces_only_and_survives_certificate_ro
         std::thread::sleep(Duration::from_millis(200));
     }
     let ca = secret_field(plane, "ca.crt");
-    let bundle = kubectl(
-        plane,
-        &[
-            "get",
-            "mutatingwebhookconfiguration",
-            "respmesh-webhook",
-            "-o",
-            "jsonpath={.webhooks[0].clientConfig.caBundle}",
-        ],
-        None,
-    )
-    .unwrap();
+    let bundle = plane.webhook_ca_bundle("respmesh-webhook");
     assert_eq!(bundle, ca, "the caBundle is the CA from the Secret");
     assert!(kubectl(plane, &["get", "pod", "-n", &ns, "probe"], None).is_err(), "a dry run stores nothing");
 

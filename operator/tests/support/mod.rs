@@ -28,18 +28,11 @@ pub fn repo_file(rel: &str) -> PathBuf {
 
 /// Applies YAML with kubectl as the admin; Err carries kubectl's message.
 pub fn apply(plane: &ControlPlane, yaml: &str) -> Result<String, String> {
-    let out = plane.kubectl(&["apply", "-f", "-"], Some(yaml)).expect("kubectl");
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    plane.kubectl_ok(&["apply", "-f", "-"], Some(yaml))
 }
 
 pub fn kubectl(plane: &ControlPlane, args: &[&str]) -> String {
-    let out = plane.kubectl(args, None).expect("kubectl");
-    assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    plane.kubectl_ok(args, None).unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"))
 }
 
 /// A seed example (manifests/examples) moved into namespace `ns`.
