@@ -99,7 +99,7 @@ impl Out {
             }
             self.arena = arena;
         }
-        if self.parked.is_empty() {
+        if self.parked.is_empty() && !self.arena.is_empty() {
             self.clear_arena();
         }
     }
