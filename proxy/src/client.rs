@@ -36,7 +36,13 @@ pub struct Client {
     pub waiting_drain: Cell<bool>,
     /// Queued on some upstream's list of clients to flush after its current batch.
     pub flush_queued: Cell<bool>,
+    /// The proxy's own id for this connection (CLIENT ID where no one Redis connection is
+    /// the client's), unique in the process.
+    pub id: u64,
+    pub since: std::time::Instant,
 }
+
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// A request's place in its client's reply order.
 pub type Seq = u64;
@@ -62,6 +68,10 @@ struct Out {
     blocked: bool,
     /// Replies that combine into one (a command split across routes): oldest first.
     groups: VecDeque<Group>,
+    /// Requests issued now get no reply written (CLIENT REPLY OFF or SKIP).
+    silencing: bool,
+    /// Requests whose reply is dropped, in order.
+    silent: VecDeque<Seq>,
 }
 
 /// Consecutive requests `first..first + len` whose replies the client gets as one.
@@ -138,14 +148,28 @@ impl Out {
             }
             let g = self.groups.pop_front().expect("checked");
             let merged = combine(&g.combine, &g.parts);
-            if !self.gone {
+            if !self.gone && !self.silenced(g.first) {
                 self.buf.extend_from_slice(&merged);
             }
             return;
         }
-        if !self.gone {
+        if !self.gone && (self.silent.is_empty() || !self.silenced(seq)) {
             self.buf.extend_from_slice(reply);
         }
+    }
+
+    /// Whether the reply to `seq` is to be dropped (forgetting silenced requests before it).
+    fn silenced(&mut self, seq: Seq) -> bool {
+        while let Some(&s) = self.silent.front() {
+            if s > seq {
+                return false;
+            }
+            self.silent.pop_front();
+            if s == seq {
+                return true;
+            }
+        }
+        false
     }
 }
 
@@ -157,7 +181,14 @@ impl Client {
             wake: Signal::new(),
             waiting_drain: Cell::new(false),
             flush_queued: Cell::new(false),
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            since: std::time::Instant::now(),
         }
+    }
+
+    /// From now on (until turned off), requests issued get no reply written: CLIENT REPLY.
+    pub fn set_silencing(&self, on: bool) {
+        self.out.borrow_mut().silencing = on;
     }
 
     /// Gives the next request its place in the reply order; exactly one reply must follow.
@@ -165,6 +196,10 @@ impl Client {
     pub fn issue(&self) -> Seq {
         let mut out = self.out.borrow_mut();
         out.next += 1;
+        if out.silencing {
+            let seq = out.next - 1;
+            out.silent.push_back(seq);
+        }
         out.next - 1
     }
 

@@ -94,6 +94,17 @@ pub struct Session {
     /// The parts of a command split across routes are being sent: they go to different
     /// services, so the wait for earlier replies before switching upstreams does not apply.
     pub(crate) splitting: bool,
+    /// CLUSTER mode, CLIENT REPLY: OFF (no replies), SKIP (none for the next command).
+    pub(crate) reply_off: bool,
+    pub(crate) skip_next: bool,
+    /// CLUSTER mode: the primaries this client sent writes to (WAIT waits for them).
+    pub(crate) written: Vec<String>,
+    /// CLUSTER mode: one MONITOR connection per node while the client monitors.
+    pub(crate) monitors: Vec<Rc<Upstream>>,
+    /// CLUSTER mode: the connections of a WAIT (one per primary), closed if the client goes.
+    pub(crate) waits: Vec<Rc<Upstream>>,
+    /// CLUSTER mode: CLIENT NO-EVICT (shown by CLIENT INFO).
+    pub(crate) no_evict: bool,
 }
 
 impl Session {
@@ -127,6 +138,12 @@ impl Session {
             fault_delay: None,
             routing: false,
             splitting: false,
+            reply_off: false,
+            skip_next: false,
+            written: Vec::new(),
+            monitors: Vec::new(),
+            waits: Vec::new(),
+            no_evict: false,
         })
     }
 
@@ -175,6 +192,9 @@ impl Session {
         self.client.set_gone();
         if let Some(p) = self.pinned.take() {
             p.retire();
+        }
+        for m in self.monitors.drain(..).chain(self.waits.drain(..)) {
+            m.retire();
         }
         debug!(service = %self.host, "client connection closed");
     }
@@ -287,8 +307,24 @@ impl Session {
         }
     }
 
-    /// Handles one complete command.
+    /// Handles one complete command, whose replies the client gets unless CLIENT REPLY (in
+    /// CLUSTER mode, where the proxy implements it) turned them off.
     fn command(&mut self, frame: &[u8], argc: usize, spans: Spans) -> Step {
+        if !self.reply_off && !self.skip_next {
+            return self.run_command(frame, argc, spans);
+        }
+        let skip = std::mem::take(&mut self.skip_next);
+        self.client.set_silencing(true);
+        let step = self.run_command(frame, argc, spans);
+        self.client.set_silencing(false);
+        if matches!(step, Step::Drain) {
+            // Handled again later: it is still the command to skip.
+            self.skip_next |= skip;
+        }
+        step
+    }
+
+    fn run_command(&mut self, frame: &[u8], argc: usize, spans: Spans) -> Step {
         let arg = |i: usize| spans.get(frame, i).unwrap_or_default();
         let cmd = lookup(arg(0));
         if self.service_gone {
@@ -537,6 +573,9 @@ impl Session {
         if let Some(p) = self.pinned.take() {
             p.retire();
         }
+        for m in self.monitors.drain(..) {
+            m.retire();
+        }
         self.permanent = false;
         self.in_multi = false;
         self.watching = false;
@@ -703,6 +742,10 @@ impl Session {
         self.name = None;
         self.shared = None;
         self.authenticated = self.svc.client_auth.is_none();
+        self.reply_off = false;
+        self.skip_next = false;
+        self.no_evict = false;
+        self.client.set_silencing(false);
         self.reply_local(cmd, replies::RESET)
     }
 

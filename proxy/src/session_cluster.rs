@@ -40,6 +40,206 @@ impl Session {
         self.reply_local(cmd, reply.as_bytes())
     }
 
+    /// Commands that need one node connection of the client's own, which a cluster does not
+    /// give it: CLIENT TRACKING and NO-TOUCH, SYNC and PSYNC.
+    fn not_in_cluster(&mut self, cmd: CommandId, what: &str) -> Step {
+        let reply = format!(
+            "-ERR respmesh: {what} is not supported in CLUSTER mode (it needs a connection to one Redis node of the client's own)\r\n"
+        );
+        self.reply_local(cmd, reply.as_bytes())
+    }
+
+    /// CLIENT subcommands about the client's own connection, answered for the connection to
+    /// the proxy: in CLUSTER mode that is the one connection the client has.
+    fn cluster_client(&mut self, frame: &[u8], argc: usize, spans: Spans, cmd: CommandId, sub: &[u8]) -> Step {
+        let arg = |i: usize| spans.get(frame, i).unwrap_or_default().to_ascii_uppercase();
+        let arity = match sub {
+            b"CACHING" | b"NO-EVICT" | b"REPLY" => 3,
+            _ => 2,
+        };
+        if argc != arity {
+            let mut r = BytesMut::new();
+            crate::replies::wrong_arity(&mut r, &format!("client|{}", String::from_utf8_lossy(sub).to_lowercase()));
+            return self.reply_local(cmd, &r);
+        }
+        match sub {
+            b"ID" => {
+                let reply = format!(":{}\r\n", self.client.id);
+                self.reply_local(cmd, reply.as_bytes())
+            }
+            b"INFO" => {
+                let line = self.client_info_line();
+                let reply = if self.proto >= 3 {
+                    format!("={}\r\ntxt:{line}\r\n", line.len() + 4)
+                } else {
+                    format!("${}\r\n{line}\r\n", line.len())
+                };
+                self.reply_local(cmd, reply.as_bytes())
+            }
+            // Tracking is off (CLIENT TRACKING is not available here): Redis's answers for that.
+            b"GETREDIR" => self.reply_local(cmd, b":-1\r\n"),
+            b"TRACKINGINFO" => {
+                let reply: &[u8] = if self.proto >= 3 {
+                    b"%3\r\n$5\r\nflags\r\n~1\r\n$3\r\noff\r\n$8\r\nredirect\r\n:-1\r\n$8\r\nprefixes\r\n*0\r\n"
+                } else {
+                    b"*6\r\n$5\r\nflags\r\n*1\r\n$3\r\noff\r\n$8\r\nredirect\r\n:-1\r\n$8\r\nprefixes\r\n*0\r\n"
+                };
+                self.reply_local(cmd, reply)
+            }
+            b"CACHING" => self.reply_local(
+                cmd,
+                b"-ERR CLIENT CACHING can be called only when the client is in tracking mode with OPTIN or OPTOUT mode enabled\r\n",
+            ),
+            // The proxy never evicts its clients; the flag shows in CLIENT INFO.
+            b"NO-EVICT" => match arg(2).as_slice() {
+                b"ON" | b"OFF" => {
+                    self.no_evict = arg(2) == b"ON";
+                    self.reply_local(cmd, crate::replies::OK)
+                }
+                _ => self.reply_local(cmd, crate::replies::SYNTAX_ERROR),
+            },
+            _ => match arg(2).as_slice() {
+                b"ON" => {
+                    self.reply_off = false;
+                    self.skip_next = false;
+                    self.client.set_silencing(false);
+                    self.reply_local(cmd, crate::replies::OK)
+                }
+                b"OFF" => {
+                    self.reply_off = true;
+                    Step::Done
+                }
+                b"SKIP" => {
+                    self.skip_next = true;
+                    Step::Done
+                }
+                _ => self.reply_local(cmd, crate::replies::SYNTAX_ERROR),
+            },
+        }
+    }
+
+    /// CLIENT INFO's line, in Redis's format, for the client's connection to the proxy.
+    fn client_info_line(&self) -> String {
+        use std::os::fd::AsRawFd;
+        let addr = |a: std::io::Result<std::net::SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
+        let stream = &self.client.stream;
+        let mut flags = String::new();
+        if self.in_multi || self.multi_pending {
+            flags.push('x');
+        }
+        if self.no_evict {
+            flags.push('e');
+        }
+        if flags.is_empty() {
+            flags.push('N');
+        }
+        format!(
+            "id={} addr={} laddr={} fd={} name={} age={} idle=0 flags={flags} db=0 sub=0 psub=0 ssub=0 multi={} \
+             qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r \
+             cmd=client|info user=default redir=-1 resp={}\n",
+            self.client.id,
+            addr(stream.peer_addr()),
+            addr(stream.local_addr()),
+            stream.as_raw_fd(),
+            self.name.as_deref().map(String::from_utf8_lossy).unwrap_or_default(),
+            self.client.since.elapsed().as_secs(),
+            if self.in_multi || self.multi_pending { 0 } else { -1 },
+            self.proto,
+        )
+    }
+
+    /// Remembers that this client wrote to `node` (for WAIT).
+    pub(crate) fn note_write(&mut self, cmd: CommandId, node: &Upstream) {
+        if cmd.has_flag(crate::command::flags::WRITE) && !self.written.iter().any(|a| a == node.endpoint()) {
+            self.written.push(node.endpoint().to_owned());
+        }
+    }
+
+    /// WAIT and WAITAOF over a cluster: on each primary this client wrote to, a connection of
+    /// its own makes a write that replicates (so that its offset covers the client's earlier
+    /// writes there) and then waits; the reply is the smallest count, which holds for every
+    /// one of those primaries.
+    fn cluster_wait(&mut self, frame: &[u8], cmd: CommandId) -> Step {
+        let router = match self.topology_ready(cmd) {
+            Ok(r) => r,
+            Err(step) => return step,
+        };
+        if self.client.outstanding() > 0 {
+            // The writes before WAIT must have been answered: their offsets are then known.
+            return self.drain();
+        }
+        let primaries = router.primaries();
+        let mut targets: Vec<(String, bool)> =
+            self.written.iter().filter(|a| primaries.contains(a)).map(|a| (a.clone(), true)).collect();
+        if targets.is_empty() {
+            // Nothing written: any primary gives the answer (its replicas in sync with nothing).
+            match primaries.first() {
+                Some(p) => targets.push((p.clone(), false)),
+                None => return self.reply_local(cmd, b"-CLUSTERDOWN The cluster is down\r\n"),
+            }
+        }
+        self.waits.retain(|w| w.is_usable());
+        let now = self.now();
+        let seq = self.client.issue();
+        let merge = Merge::new(self.client.clone(), seq, Combine::Min, targets.len());
+        for (part, (addr, wrote)) in targets.iter().enumerate() {
+            let spec = Spec {
+                endpoint: Some(addr.clone()),
+                client_name: self.name.clone(),
+                ..Spec::new(self.svc.clone(), Kind::Dedicated, self.proto)
+            };
+            let up = Upstream::spawn(spec, &self.worker.ctx, self.limits.max_nesting_depth);
+            if *wrote && let Some(key) = router.key_on(addr) {
+                let mut marker = BytesMut::new();
+                encode_command(&mut marker, &[&b"MULTI"[..]]);
+                up.send_internal(&self.client, &marker, now);
+                for part in [&[&b"SET"[..], &key, b"1"][..], &[&b"DEL"[..], &key][..], &[&b"EXEC"[..]][..]] {
+                    marker.clear();
+                    encode_command(&mut marker, part);
+                    up.send_internal(&self.client, &marker, now);
+                }
+            }
+            let mut req = InFlight::new(self.client.clone(), seq, cmd, now, false);
+            req.merge = Some((merge.clone(), part));
+            up.send_request(req, frame, false);
+            up.close_when_answered();
+            self.waits.push(up);
+        }
+        Step::Done
+    }
+
+    /// MONITOR over a cluster: one MONITOR connection per node, their lines merged as they
+    /// come. A replica's lines for what its primary replicates are left out (the primary shows
+    /// those commands already).
+    fn cluster_monitor(&mut self, cmd: CommandId) -> Step {
+        let router = match self.topology_ready(cmd) {
+            Ok(r) => r,
+            Err(step) => return step,
+        };
+        if self.client.outstanding() > 0 {
+            return self.drain();
+        }
+        let nodes = router.nodes_with_primary();
+        if nodes.is_empty() {
+            return self.reply_local(cmd, b"-CLUSTERDOWN The cluster is down\r\n");
+        }
+        if !self.monitors.is_empty() {
+            return self.reply_local(cmd, crate::replies::OK);
+        }
+        let step = self.reply_local(cmd, crate::replies::OK);
+        for (addr, primary) in nodes {
+            let spec = Spec {
+                endpoint: Some(addr),
+                client_name: self.name.clone(),
+                ..Spec::new(self.svc.clone(), Kind::Dedicated, self.proto)
+            };
+            let up = Upstream::spawn(spec, &self.worker.ctx, self.limits.max_nesting_depth);
+            up.start_monitor(self.client.clone(), primary.map(|p| format!(" {p}] ").into_bytes()));
+            self.monitors.push(up);
+        }
+        step
+    }
+
     /// Handles a command in CLUSTER mode; `None` leaves it to the common path (AUTH, HELLO,
     /// QUIT, RESET, CLIENT SETNAME/GETNAME: answered by the proxy the same way in both modes).
     pub(crate) fn cluster_command(
@@ -62,8 +262,14 @@ impl Session {
             Special::Client => {
                 let sub = spans.get(frame, 1).unwrap_or_default().to_ascii_uppercase();
                 match sub.as_slice() {
-                    b"ID" | b"INFO" | b"TRACKING" | b"REPLY" | b"CACHING" | b"NO-EVICT" | b"NO-TOUCH" | b"GETREDIR"
-                    | b"TRACKINGINFO" => self.not_yet(cmd, &format!("CLIENT {}", String::from_utf8_lossy(&sub))),
+                    b"ID" | b"INFO" | b"REPLY" | b"CACHING" | b"NO-EVICT" | b"GETREDIR" | b"TRACKINGINFO" => {
+                        self.cluster_client(frame, argc, spans, cmd, &sub)
+                    }
+                    // Per-connection modes of a node: the client's commands share node
+                    // connections with other clients' and cannot carry them.
+                    b"TRACKING" | b"NO-TOUCH" => {
+                        self.not_in_cluster(cmd, &format!("CLIENT {}", String::from_utf8_lossy(&sub)))
+                    }
                     _ => self.keyless(frame, cmd),
                 }
             }
@@ -100,6 +306,11 @@ impl Session {
                 Err(step) => step,
             },
             _ if in_tx => self.in_transaction(frame, spans, argc, cmd),
+            Special::Wait => self.cluster_wait(frame, cmd),
+            Special::Stream if cmd.info().is_some_and(|i| i.name == "MONITOR") => self.cluster_monitor(cmd),
+            Special::Stream => self.not_in_cluster(cmd, cmd.info().map_or("this command", |i| i.name)),
+            // Where reads go is the service's readPolicy; a client's own choice changes nothing.
+            Special::ReadMode => self.reply_local(cmd, crate::replies::OK),
             Special::Blocking => self.cluster_blocking(frame, spans, argc, cmd),
             Special::MaybeBlocking => {
                 let blocks = crate::command::blocks(frame);
@@ -200,6 +411,7 @@ impl Session {
             return self.reply_local(cmd, b"-CLUSTERDOWN Hash slot not served\r\n");
         };
         let up = self.open_dedicated(&addr, permanent);
+        self.note_write(cmd, &up);
         if raw {
             up.set_raw(self.client.clone());
         }
@@ -225,9 +437,6 @@ impl Session {
     /// A blocking command runs on a connection of its own to its keys' node, so that it
     /// blocks nobody else.
     fn cluster_blocking(&mut self, frame: &[u8], spans: Spans, argc: usize, cmd: CommandId) -> Step {
-        if cmd.special() == Special::Wait {
-            return self.not_yet(cmd, "WAIT");
-        }
         match self.command_slot(frame, spans, argc, cmd) {
             Ok(Some(slot)) => self.send_dedicated_node(frame, cmd, Some(slot), false, false),
             Ok(None) => self.not_yet(cmd, cmd.info().map_or("this command", |i| i.name)),
@@ -310,6 +519,7 @@ impl Session {
     fn in_transaction(&mut self, frame: &[u8], spans: Spans, argc: usize, cmd: CommandId) -> Step {
         if !self.multi_pending {
             let p = self.pinned.clone().expect("in a transaction");
+            self.note_write(cmd, &p);
             self.send(&p, frame, cmd, true);
             return Step::Done;
         }
@@ -341,6 +551,7 @@ impl Session {
         p.send_internal(&self.client, b"*1\r\n$5\r\nMULTI\r\n", now);
         self.multi_pending = false;
         self.in_multi = true;
+        self.note_write(cmd, &p);
         self.send(&p, frame, cmd, true);
         step
     }
@@ -469,6 +680,7 @@ impl Session {
             self.worker.stats.record_local(req.cmd, true);
             return;
         };
+        self.note_write(req.cmd, &node);
         node.send_request(req, frame, false);
     }
 

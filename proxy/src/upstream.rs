@@ -199,11 +199,26 @@ struct Inner {
     inflight: VecDeque<InFlight>,
     /// Raw relay: every byte read goes to this client.
     raw: Option<Rc<Client>>,
+    /// MONITOR over a cluster: this node's lines go to the client, whole.
+    monitor: Option<Monitor>,
     /// The connection, while established.
     stream: Option<Rc<TcpStream>>,
     wake_queued: bool,
     /// Replaced by a newer upstream (configuration change): finish what is in flight, then go.
     retired: bool,
+    /// A dedicated connection for one command (WAIT in CLUSTER mode): closes once answered.
+    one_shot: bool,
+}
+
+/// One node's share of a client's MONITOR in CLUSTER mode: the client sees the lines of every
+/// node, each line whole.
+struct Monitor {
+    client: Rc<Client>,
+    /// The node's `+OK` to MONITOR came (the client had its own from the proxy).
+    confirmed: bool,
+    /// On a replica: lines of commands its primary replicates to it contain this
+    /// (` <primary address>] `); they are shown once, by the primary.
+    hide: Option<Vec<u8>>,
 }
 
 impl Inner {
@@ -214,6 +229,40 @@ impl Inner {
             f.sent = frame.len();
         }
         self.inflight.push_back(f);
+    }
+}
+
+/// Relays every complete MONITOR line in `rbuf` (a partial one waits for the rest).
+fn relay_monitor_lines(
+    m: &mut Monitor,
+    rbuf: &mut BytesMut,
+    scanner: &mut ReplyScanner,
+    touched: &mut Vec<Rc<Client>>,
+) -> Result<(), String> {
+    loop {
+        let len = match scanner.scan(rbuf) {
+            Ok(Scan::Complete { len }) => len,
+            Ok(Scan::Incomplete { .. }) => return Ok(()),
+            Err(e) => return Err(format!("unreadable reply from Redis: {e}")),
+        };
+        let line = &rbuf[..len];
+        if !m.confirmed {
+            m.confirmed = true;
+            if is_error(line) {
+                // Refused (an ACL without MONITOR, say): the client learns why and goes.
+                m.client.relay(line);
+                m.client.close_after_flush();
+            }
+        } else if !m.hide.as_deref().is_some_and(|h| line.windows(h.len()).any(|w| w == h)) {
+            m.client.relay(line);
+        }
+        rbuf.advance(len);
+        if !touched.last().is_some_and(|l| Rc::ptr_eq(l, &m.client)) {
+            touched.push(m.client.clone());
+        }
+        if rbuf.is_empty() {
+            return Ok(());
+        }
     }
 }
 
@@ -294,9 +343,11 @@ impl Upstream {
                 one_batch: spec.kind == Kind::Shared,
                 inflight: VecDeque::new(),
                 raw: None,
+                monitor: None,
                 stream: None,
                 wake_queued: false,
                 retired: false,
+                one_shot: false,
             }),
             wake: Signal::new(),
             stats,
@@ -459,6 +510,18 @@ impl Upstream {
 
     /// From now on every byte from Redis goes to `client` as it comes. Called with nothing in
     /// flight, just before sending the command that starts the stream (SUBSCRIBE, MONITOR).
+    /// A dedicated upstream becomes one node's part of a cluster-wide MONITOR: it sends
+    /// MONITOR and relays the node's lines to `client`, except those containing `hide`.
+    pub fn start_monitor(&self, client: Rc<Client>, hide: Option<Vec<u8>>) {
+        let mut inner = self.inner.borrow_mut();
+        inner.monitor = Some(Monitor { client, confirmed: false, hide });
+        inner.wbuf.extend_from_slice(b"*1\r\n$7\r\nMONITOR\r\n");
+        if !inner.wake_queued {
+            inner.wake_queued = true;
+            self.wake.notify();
+        }
+    }
+
     pub fn set_raw(&self, client: Rc<Client>) {
         self.inner.borrow_mut().raw = Some(client);
     }
@@ -491,11 +554,18 @@ impl Upstream {
     }
 
     /// Closes the connection once nothing is in flight (dedicated: at once).
+    /// A dedicated upstream closes once what was sent is answered (retiring it drops that).
+    pub fn close_when_answered(&self) {
+        self.inner.borrow_mut().one_shot = true;
+        self.wake.notify();
+    }
+
     pub fn retire(&self) {
         let mut inner = self.inner.borrow_mut();
         inner.retired = true;
         if self.kind == Kind::Dedicated {
             inner.raw = None;
+            inner.monitor = None;
             // Replies to a departed client are of no use; drop them with the connection.
             inner.inflight.clear();
         }
@@ -527,7 +597,7 @@ impl Upstream {
                     self.inner.borrow_mut().stream = None;
                     gauge.dec();
                     let reply = replies::upstream_unavailable(&svc.host, &endpoint, &why);
-                    let retired = self.inner.borrow().retired;
+                    let retired = self.inner.borrow().retired || self.inner.borrow().one_shot;
                     if !retired {
                         warn!(service = %svc.host, %endpoint, reason = %why, "upstream connection lost");
                     }
@@ -588,7 +658,13 @@ impl Upstream {
             inner.written = 0;
             inner.awaiting = 0;
             inner.batch_left = 0;
-            (std::mem::take(&mut inner.inflight), inner.raw.take())
+            let raw = inner.raw.take().or_else(|| {
+                let m = inner.monitor.take()?;
+                // The client's MONITOR stream is incomplete without this node: say why, end it.
+                m.client.relay(reply);
+                Some(m.client)
+            });
+            (std::mem::take(&mut inner.inflight), raw)
         };
         for f in failed.iter().filter(|f| !f.internal) {
             f.answer(reply);
@@ -716,7 +792,7 @@ impl Upstream {
                     }
                 }
                 want_write = inner.batch_left > 0;
-                if inner.retired && inner.inflight.is_empty() && !want_write {
+                if (inner.retired || inner.one_shot) && inner.inflight.is_empty() && !want_write {
                     return "retired".into();
                 }
                 if !timer_armed && let Some(head) = inner.inflight.iter().find(|f| f.timed) {
@@ -807,6 +883,9 @@ impl Upstream {
         redirects: &mut Vec<(InFlight, Redirect)>,
     ) -> Result<(), String> {
         let mut inner = self.inner.borrow_mut();
+        if let Some(m) = inner.monitor.as_mut() {
+            return relay_monitor_lines(m, rbuf, scanner, touched);
+        }
         if let Some(client) = &inner.raw {
             client.relay(rbuf);
             rbuf.clear();

@@ -547,3 +547,190 @@ fn malformed_commands_of_every_kind_never_break_the_proxy() {
     let cluster = Cluster::start_with(3, 0);
     support::random_commands_never_break(&proxy_for(&cluster), 42);
 }
+
+/// Keys that land on every primary of `cluster` (one per primary, by port).
+fn key_per_primary(cluster: &Cluster) -> Vec<(String, u16)> {
+    let mut out: Vec<(String, u16)> = Vec::new();
+    for i in 0.. {
+        let key = format!("w{i}");
+        let port = cluster.primary_for(slot_of(cluster, &key)).port;
+        if !out.iter().any(|(_, p)| *p == port) {
+            out.push((key, port));
+        }
+        if out.len() == 3 {
+            return out;
+        }
+    }
+    unreachable!()
+}
+
+/// The clients a node has connected, by its own count.
+fn connected_clients(node: &support::Redis) -> usize {
+    let info = node.conn().cmd(&["INFO", "clients"]);
+    let line = info.lines().find(|l| l.starts_with("connected_clients:")).expect("INFO clients");
+    line["connected_clients:".len()..].trim().parse().unwrap()
+}
+
+#[test]
+fn wait_counts_the_replicas_that_have_the_clients_writes_on_every_primary_it_wrote_to() {
+    let cluster = Cluster::start();
+    cluster.wait_replicas_online(1, Duration::from_secs(20));
+    let proxy = proxy_for(&cluster);
+    let mut c = proxy.conn();
+    assert_eq!(c.cmd(&["WAIT", "1", "2000"]), ":1\r\n", "nothing written: every primary has its replica");
+    let keys = key_per_primary(&cluster);
+    for (k, _) in &keys {
+        assert_eq!(c.cmd(&["SET", k, "v"]), "+OK\r\n");
+    }
+    assert_eq!(c.cmd(&["WAIT", "1", "2000"]), ":1\r\n");
+    assert_eq!(c.cmd(&["WAIT", "2", "200"]), ":1\r\n", "one replica per primary: the timeout, then the count");
+
+    // A replica that cannot acknowledge: its primary holds WAIT back (the others alone do not
+    // make the count).
+    let (slow_key, slow_port) = keys[1].clone();
+    let replica = cluster
+        .nodes
+        .iter()
+        .find(|n| {
+            let role = n.conn().cmd(&["ROLE"]);
+            role.contains("slave") && role.contains(&format!(":{slow_port}\r\n"))
+        })
+        .expect("the primary's replica");
+    let pid = replica.pid().to_string();
+    assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    c.send(&["SET", &slow_key, "v2"]);
+    c.send(&["WAIT", "1", "300"]);
+    assert_eq!(c.read_reply(), b"+OK\r\n");
+    let started = std::time::Instant::now();
+    assert_eq!(c.read_reply(), b":0\r\n", "the stopped replica has not acknowledged");
+    assert!(started.elapsed() >= Duration::from_millis(250), "WAIT waited for its timeout");
+    assert!(std::process::Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    assert_eq!(c.cmd(&["WAIT", "1", "5000"]), ":1\r\n", "acknowledged once the replica runs again");
+
+    // Pipelined behind writes, WAIT is answered in order and later commands after it.
+    c.send(&["SET", &keys[0].0, "p"]);
+    c.send(&["WAIT", "1", "2000"]);
+    c.send(&["GET", &keys[0].0]);
+    assert_eq!(c.read_reply(), b"+OK\r\n");
+    assert_eq!(c.read_reply(), b":1\r\n");
+    assert_eq!(c.read_reply(), b"$1\r\np\r\n");
+    // The proxy's marker key is gone, and WAIT's connections close once answered.
+    assert_eq!(c.cmd(&["DBSIZE"]), ":3\r\n");
+    let owner = cluster.nodes.iter().find(|n| n.port == keys[0].1).unwrap();
+    let before = connected_clients(owner);
+    for _ in 0..5 {
+        assert_eq!(c.cmd(&["WAIT", "1", "2000"]), ":1\r\n");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while connected_clients(owner) > before && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(connected_clients(owner), before, "no connection left behind by WAIT");
+}
+
+#[test]
+fn monitor_shows_the_commands_of_every_node_once() {
+    let mut cluster = Cluster::start();
+    cluster.wait_replicas_online(1, Duration::from_secs(20));
+    let mut proxy = proxy_for(&cluster);
+    let mut m = proxy.conn();
+    assert_eq!(m.cmd(&["MONITOR"]), "+OK\r\n");
+    std::thread::sleep(Duration::from_millis(200));
+    let keys = key_per_primary(&cluster);
+    let mut c = proxy.conn();
+    for (k, _) in &keys {
+        assert_eq!(c.cmd(&["SET", k, "seen"]), "+OK\r\n");
+    }
+    // Every SET once: from its primary, not again from the replica it is replicated to.
+    let mut lines = Vec::new();
+    m.set_timeout(Duration::from_millis(500));
+    while let Ok(line) = m.try_read_reply() {
+        lines.push(String::from_utf8_lossy(&line).into_owned());
+    }
+    for (k, _) in &keys {
+        let n = lines.iter().filter(|l| l.contains(&format!("\"SET\" \"{k}\" \"seen\""))).count();
+        assert_eq!(n, 1, "{k} shown once in {lines:?}");
+    }
+    assert!(lines.iter().all(|l| l.starts_with('+') && l.ends_with("\r\n")), "whole lines only: {lines:?}");
+    // RESET ends it: no more lines (the proxy's own topology refresh may show up before).
+    m.set_timeout(Duration::from_secs(5));
+    m.send(&["RESET"]);
+    while m.read_reply() != b"+RESET\r\n" {}
+    assert_eq!(c.cmd(&["SET", &keys[0].0, "after"]), "+OK\r\n");
+    assert_eq!(m.cmd(&["PING"]), "+PONG\r\n", "the next reply is PING's, no MONITOR line");
+
+    // A node lost: the stream would be incomplete, so the client is told why and let go.
+    proxy.allow_warning("upstream connection lost");
+    let mut m2 = proxy.conn();
+    assert_eq!(m2.cmd(&["MONITOR"]), "+OK\r\n");
+    std::thread::sleep(Duration::from_millis(200));
+    let replica = cluster.nodes.iter().position(|n| n.conn().cmd(&["ROLE"]).contains("slave")).unwrap();
+    cluster.nodes[replica].kill();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let said = loop {
+        assert!(std::time::Instant::now() < deadline, "no error after a monitored node was lost");
+        let line = String::from_utf8_lossy(&m2.read_reply()).into_owned();
+        if line.starts_with('-') {
+            break line;
+        }
+    };
+    assert!(said.starts_with("-ERR respmesh: upstream"), "{said}");
+    assert!(m2.is_closed());
+}
+
+#[test]
+fn client_commands_about_the_connection_answer_for_the_clients_own() {
+    let cluster = Cluster::start_with(3, 0);
+    let proxy = proxy_for(&cluster);
+    let mut a = proxy.conn();
+    let mut b = proxy.conn();
+    let id_a = a.cmd(&["CLIENT", "ID"]);
+    assert!(id_a.starts_with(':'), "{id_a}");
+    assert_eq!(a.cmd(&["CLIENT", "ID"]), id_a, "stable for a connection");
+    assert_ne!(b.cmd(&["CLIENT", "ID"]), id_a, "distinct between connections");
+    assert_eq!(a.cmd(&["CLIENT", "SETNAME", "worker-7"]), "+OK\r\n");
+    let info = a.cmd(&["CLIENT", "INFO"]);
+    let id = id_a.trim_start_matches(':').trim();
+    assert!(info.starts_with('$') && info.contains(&format!("\r\nid={id} ")), "{info}");
+    assert!(info.contains(&format!(" addr={} ", a.stream.local_addr().unwrap())), "{info}");
+    assert!(info.contains(" name=worker-7 ") && info.contains(" flags=N ") && info.contains(" resp=2\n"), "{info}");
+    assert_eq!(a.cmd(&["CLIENT", "NO-EVICT", "on"]), "+OK\r\n");
+    assert!(a.cmd(&["CLIENT", "INFO"]).contains(" flags=e "));
+    assert_eq!(a.cmd(&["CLIENT", "NO-EVICT", "maybe"]), "-ERR syntax error\r\n");
+    assert_eq!(a.cmd(&["CLIENT", "GETREDIR"]), ":-1\r\n");
+    assert_eq!(
+        a.cmd(&["CLIENT", "TRACKINGINFO"]),
+        "*6\r\n$5\r\nflags\r\n*1\r\n$3\r\noff\r\n$8\r\nredirect\r\n:-1\r\n$8\r\nprefixes\r\n*0\r\n"
+    );
+    assert_eq!(
+        a.cmd(&["CLIENT", "CACHING", "yes"]),
+        "-ERR CLIENT CACHING can be called only when the client is in tracking mode with OPTIN or OPTOUT mode enabled\r\n"
+    );
+    assert_eq!(a.cmd(&["CLIENT", "ID", "x"]), "-ERR wrong number of arguments for 'client|id' command\r\n");
+    let tracking = a.cmd(&["CLIENT", "TRACKING", "on"]);
+    assert!(tracking.starts_with("-ERR respmesh: CLIENT TRACKING is not supported in CLUSTER mode"), "{tracking}");
+    // RESP3: CLIENT INFO is a verbatim string.
+    a.cmd(&["HELLO", "3"]);
+    let info = a.cmd(&["CLIENT", "INFO"]);
+    assert!(info.starts_with('=') && info.contains("\r\ntxt:id=") && info.contains(" resp=3\n"), "{info}");
+}
+
+#[test]
+fn client_reply_off_and_skip_silence_replies_as_redis_does() {
+    let cluster = Cluster::start_with(3, 0);
+    let proxy = proxy_for(&cluster);
+    let mut c = proxy.conn();
+    c.send(&["CLIENT", "REPLY", "SKIP"]);
+    c.send(&["SET", "x", "1"]);
+    assert_eq!(c.cmd(&["GET", "x"]), "$1\r\n1\r\n", "only the skipped command went without a reply");
+    c.send(&["CLIENT", "REPLY", "OFF"]);
+    c.send(&["SET", "y", "2"]);
+    c.send(&["MGET", "x", "y", "z"]);
+    c.send(&["NOSUCHCOMMAND"]);
+    assert_eq!(c.cmd(&["CLIENT", "REPLY", "ON"]), "+OK\r\n");
+    assert_eq!(c.cmd(&["MGET", "x", "y"]), "*2\r\n$1\r\n1\r\n$1\r\n2\r\n", "the silenced writes ran");
+    assert_eq!(c.cmd(&["CLIENT", "REPLY", "MAYBE"]), "-ERR syntax error\r\n");
+    c.send(&["CLIENT", "REPLY", "OFF"]);
+    assert_eq!(c.cmd(&["RESET"]), "+RESET\r\n", "RESET turns replies back on");
+    assert_eq!(c.cmd(&["PING"]), "+PONG\r\n");
+}

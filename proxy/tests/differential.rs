@@ -305,8 +305,9 @@ fn run_steps_pipelined(what: &str, direct: &mut Conn, proxied: &mut Conn, steps:
 /// The script for CLUSTER mode: every key gets the hash tag `{d}`, so that commands over
 /// several keys run as they would on one Redis (a cluster answers CROSSSLOT otherwise; the
 /// cluster tests cover keys spread over all slots). Left out: what a cluster answers
-/// differently by design (SELECT of another database and what runs there, WAIT, and SCAN,
-/// whose cursor carries the node).
+/// differently by design (SELECT of another database and what runs there, WAIT, which counts
+/// the cluster's replicas where the direct Redis has none, and SCAN, whose cursor carries the
+/// node). WAIT, MONITOR and CLIENT ID/INFO/REPLY have tests of their own in tests/cluster.rs.
 fn cluster_script() -> Vec<Owned> {
     let mut out = Vec::new();
     let mut other_db = false;

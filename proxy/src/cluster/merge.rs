@@ -30,6 +30,9 @@ pub enum Combine {
     InfoKeyspace,
     /// SCAN on primary `node` of `nodes`: the node's cursor becomes a cluster-wide one.
     Scan { node: u64, nodes: u64 },
+    /// WAIT (an integer) and WAITAOF (an array of integers): the smallest count, element by
+    /// element: what holds for every primary the client wrote to.
+    Min,
 }
 
 /// Bits of a cluster SCAN cursor that name the primary; the node's own cursor is above them.
@@ -135,6 +138,33 @@ pub fn combine(how: &Combine, parts: &[Option<Bytes>]) -> Vec<u8> {
                 format!("${}\r\n{text}\r\n", text.len()).into_bytes()
             }
         }
+        Combine::Min => {
+            let int = |e: &[u8]| e.strip_prefix(b":").and_then(|rest| parse_int(rest.strip_suffix(b"\r\n")?));
+            if parts.iter().all(|p| p.first() == Some(&b':')) {
+                return match parts.iter().map(|p| int(p)).collect::<Option<Vec<i64>>>() {
+                    Some(ns) => format!(":{}\r\n", ns.into_iter().min().unwrap_or(0)).into_bytes(),
+                    None => unexpected("WAIT"),
+                };
+            }
+            let mut mins: Option<Vec<i64>> = None;
+            for p in &parts {
+                let Some(ns) = split_array(p).and_then(|es| es.into_iter().map(int).collect::<Option<Vec<i64>>>())
+                else {
+                    return unexpected("WAITAOF");
+                };
+                mins = Some(match mins {
+                    None => ns,
+                    Some(m) if m.len() == ns.len() => m.into_iter().zip(ns).map(|(a, b)| a.min(b)).collect(),
+                    Some(_) => return unexpected("WAITAOF"),
+                });
+            }
+            let mins = mins.unwrap_or_default();
+            let mut out = format!("*{}\r\n", mins.len());
+            for n in mins {
+                let _ = write!(out, ":{n}\r\n");
+            }
+            out.into_bytes()
+        }
         Combine::Scan { node, nodes } => {
             let Some(elements) = split_array(parts[0]) else { return unexpected("SCAN") };
             let cursor = match elements.first().and_then(|c| c.strip_prefix(b"$")) {
@@ -225,6 +255,14 @@ mod tests {
     fn run(how: Combine, parts: &[&[u8]]) -> String {
         let parts: Vec<Option<Bytes>> = parts.iter().map(|p| Some(Bytes::copy_from_slice(p))).collect();
         String::from_utf8(combine(&how, &parts)).unwrap()
+    }
+
+    #[test]
+    fn wait_counts_what_holds_on_every_primary() {
+        assert_eq!(run(Combine::Min, &[b":2\r\n", b":1\r\n", b":2\r\n"]), ":1\r\n");
+        assert_eq!(run(Combine::Min, &[b"*2\r\n:1\r\n:0\r\n", b"*2\r\n:0\r\n:1\r\n"]), "*2\r\n:0\r\n:0\r\n");
+        assert_eq!(run(Combine::Min, &[b":1\r\n", b"-NOREPLICAS no\r\n"]), "-NOREPLICAS no\r\n");
+        assert!(run(Combine::Min, &[b":1\r\n", b"+OK\r\n"]).starts_with("-ERR respmesh: unexpected reply"));
     }
 
     #[test]

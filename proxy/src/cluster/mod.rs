@@ -159,6 +159,31 @@ impl ClusterRouter {
         Some(up)
     }
 
+    /// Every node, with its primary's address for a replica.
+    pub fn nodes_with_primary(&self) -> Vec<(String, Option<String>)> {
+        let topo = self.topology.borrow();
+        let Some(t) = topo.as_ref() else { return Vec::new() };
+        let mut out = Vec::new();
+        for s in &t.shards {
+            out.push((t.nodes[s.primary].clone(), None));
+            for &r in &s.replicas {
+                out.push((t.nodes[r].clone(), Some(t.nodes[s.primary].clone())));
+            }
+        }
+        out
+    }
+
+    /// A key of the proxy's own that the primary `addr` serves (`__respmesh__:wait:{n}`).
+    pub fn key_on(&self, addr: &str) -> Option<Vec<u8>> {
+        (0..100_000u32)
+            .map(|n| format!("__respmesh__:wait:{{{n}}}"))
+            .find(|k| {
+                let slot = self.slot_of(k.as_bytes());
+                self.primary(slot).as_deref() == Some(addr)
+            })
+            .map(String::into_bytes)
+    }
+
     /// Every primary.
     pub fn primaries(&self) -> Vec<String> {
         self.topology.borrow().as_ref().map(|t| t.primaries().map(str::to_owned).collect()).unwrap_or_default()

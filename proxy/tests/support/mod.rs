@@ -488,6 +488,14 @@ impl Cluster {
                 let info = n.conn().cmd(&["INFO", "replication"]);
                 !info.contains("role:master") || info.matches("state=online").count() >= per_primary
             });
+            // ...and every node's CLUSTER SLOTS (what the proxy learns the topology from) lists
+            // them all.
+            let live: Vec<u16> = self.nodes.iter().filter(|n| n.child.is_some()).map(|n| n.port).collect();
+            let ok = ok
+                && self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
+                    let slots = n.conn().cmd(&["CLUSTER", "SLOTS"]);
+                    live.iter().all(|p| slots.contains(&format!(":{p}\r\n")))
+                });
             if ok {
                 return;
             }
