@@ -706,9 +706,22 @@ impl Session {
             return self.reply_local(cmd, replies::NOAUTH_HELLO);
         }
         let proto = version.unwrap_or(self.proto);
-        let target = match self.route(Want::Current, proto) {
-            Ok(t) => t,
-            Err(step) => return step,
+        // CLUSTER mode: any primary answers for the server, through the cluster's own
+        // connections (the seed endpoint may be down), as one Redis would.
+        let router = if self.svc.distributed() && self.pinned.is_none() {
+            match self.topology_ready(cmd) {
+                Ok(r) => Some(r),
+                Err(step) => return step,
+            }
+        } else {
+            None
+        };
+        let target = match &router {
+            Some(_) => None,
+            None => match self.route(Want::Current, proto) {
+                Ok(t) => Some(t),
+                Err(step) => return step,
+            },
         };
         if login.is_some() {
             self.authenticated = true;
@@ -728,7 +741,11 @@ impl Session {
             None => encode_command(&mut self.scratch, &[&b"HELLO"[..]]),
         }
         let stripped = std::mem::take(&mut self.scratch);
-        self.send(&target, &stripped, cmd, true);
+        match (target, router) {
+            (Some(target), _) => self.send(&target, &stripped, cmd, true),
+            (None, Some(router)) => self.cluster_hello(&router, &stripped, cmd),
+            (None, None) => unreachable!("one of them is set"),
+        }
         self.scratch = stripped;
         Step::Done
     }

@@ -148,6 +148,22 @@ impl Session {
         )
     }
 
+    /// HELLO (already stripped of the login and name, which stay with the proxy), answered by
+    /// a primary and made the reply of one Redis: `mode` standalone, `id` the client's own.
+    pub(crate) fn cluster_hello(&mut self, router: &Rc<ClusterRouter>, frame: &[u8], cmd: CommandId) {
+        let primaries = router.primaries();
+        let Some(addr) = primaries.get(fastrand::usize(..primaries.len().max(1))) else {
+            self.reply_local(cmd, b"-CLUSTERDOWN The cluster is down\r\n");
+            return;
+        };
+        let now = self.now();
+        let seq = self.client.issue();
+        let merge = Merge::new(self.client.clone(), seq, Combine::Hello { id: self.client.id }, 1);
+        let mut req = InFlight::new(self.client.clone(), seq, cmd, now, true);
+        req.merge = Some((merge, 0));
+        router.node(addr, self.proto).send_request(req, frame, false);
+    }
+
     /// Remembers that this client wrote to `node` (for WAIT).
     pub(crate) fn note_write(&mut self, cmd: CommandId, node: &Upstream) {
         if cmd.has_flag(crate::command::flags::WRITE) && !self.written.iter().any(|a| a == node.endpoint()) {
@@ -557,7 +573,7 @@ impl Session {
     }
 
     /// Makes sure the topology is known; `Err` is the step to take meanwhile.
-    fn topology_ready(&mut self, cmd: CommandId) -> Result<Rc<ClusterRouter>, Step> {
+    pub(crate) fn topology_ready(&mut self, cmd: CommandId) -> Result<Rc<ClusterRouter>, Step> {
         let router = self.router();
         if router.ready() {
             return Ok(router);

@@ -709,8 +709,11 @@ fn client_commands_about_the_connection_answer_for_the_clients_own() {
     assert_eq!(a.cmd(&["CLIENT", "ID", "x"]), "-ERR wrong number of arguments for 'client|id' command\r\n");
     let tracking = a.cmd(&["CLIENT", "TRACKING", "on"]);
     assert!(tracking.starts_with("-ERR respmesh: CLIENT TRACKING is not supported in CLUSTER mode"), "{tracking}");
+    // HELLO describes one Redis: standalone, with the client's own id.
+    let hello = a.cmd(&["HELLO", "3"]);
+    assert!(hello.contains("$4\r\nmode\r\n$10\r\nstandalone\r\n"), "{hello}");
+    assert!(hello.contains(&format!("$2\r\nid\r\n:{id}\r\n")), "{hello}");
     // RESP3: CLIENT INFO is a verbatim string.
-    a.cmd(&["HELLO", "3"]);
     let info = a.cmd(&["CLIENT", "INFO"]);
     assert!(info.starts_with('=') && info.contains("\r\ntxt:id=") && info.contains(" resp=3\n"), "{info}");
 }

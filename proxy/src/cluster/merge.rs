@@ -33,6 +33,9 @@ pub enum Combine {
     /// WAIT (an integer) and WAITAOF (an array of integers): the smallest count, element by
     /// element: what holds for every primary the client wrote to.
     Min,
+    /// HELLO answered by a cluster node: what one Redis would say (`mode` standalone, `id` the
+    /// client's connection to the proxy).
+    Hello { id: u64 },
 }
 
 /// Bits of a cluster SCAN cursor that name the primary; the node's own cursor is above them.
@@ -138,6 +141,16 @@ pub fn combine(how: &Combine, parts: &[Option<Bytes>]) -> Vec<u8> {
                 format!("${}\r\n{text}\r\n", text.len()).into_bytes()
             }
         }
+        Combine::Hello { id } => {
+            let mut out = replace(parts[0], b"$4\r\nmode\r\n$7\r\ncluster\r\n", b"$4\r\nmode\r\n$10\r\nstandalone\r\n");
+            if let Some(at) = find(&out, b"$2\r\nid\r\n:") {
+                let start = at + b"$2\r\nid\r\n:".len();
+                if let Some(end) = find_crlf(&out, start) {
+                    out.splice(start..end, id.to_string().into_bytes());
+                }
+            }
+            out
+        }
         Combine::Min => {
             let int = |e: &[u8]| e.strip_prefix(b":").and_then(|rest| parse_int(rest.strip_suffix(b"\r\n")?));
             if parts.iter().all(|p| p.first() == Some(&b':')) {
@@ -209,6 +222,18 @@ pub fn combine(how: &Combine, parts: &[Option<Bytes>]) -> Vec<u8> {
     }
 }
 
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// `bytes` with the first `from` replaced by `to`.
+fn replace(bytes: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    match find(bytes, from) {
+        Some(at) => [&bytes[..at], to, &bytes[at + from.len()..]].concat(),
+        None => bytes.to_vec(),
+    }
+}
+
 /// The text of a bulk string or RESP3 verbatim string reply.
 fn bulk_text(reply: &[u8]) -> Option<String> {
     let cr = find_crlf(reply, 1)?;
@@ -263,6 +288,15 @@ mod tests {
         assert_eq!(run(Combine::Min, &[b"*2\r\n:1\r\n:0\r\n", b"*2\r\n:0\r\n:1\r\n"]), "*2\r\n:0\r\n:0\r\n");
         assert_eq!(run(Combine::Min, &[b":1\r\n", b"-NOREPLICAS no\r\n"]), "-NOREPLICAS no\r\n");
         assert!(run(Combine::Min, &[b":1\r\n", b"+OK\r\n"]).starts_with("-ERR respmesh: unexpected reply"));
+    }
+
+    #[test]
+    fn hello_from_a_node_says_one_redis() {
+        let node = "%3\r\n$6\r\nserver\r\n$5\r\nredis\r\n$2\r\nid\r\n:4711\r\n$4\r\nmode\r\n$7\r\ncluster\r\n";
+        assert_eq!(
+            run(Combine::Hello { id: 9 }, &[node.as_bytes()]),
+            "%3\r\n$6\r\nserver\r\n$5\r\nredis\r\n$2\r\nid\r\n:9\r\n$4\r\nmode\r\n$10\r\nstandalone\r\n"
+        );
     }
 
     #[test]
