@@ -739,7 +739,7 @@ impl Session {
         let combine = match (name, sub.as_slice()) {
             ("DBSIZE", _) => Some(Combine::Sum),
             ("RANDOMKEY", _) => Some(Combine::AnyNonNull),
-            ("INFO", b"KEYSPACE") if args(frame).count() == 2 => Some(Combine::InfoKeyspace),
+            ("INFO", _) => Some(Combine::Info),
             ("KEYS", _) => Some(Combine::Concat),
             ("FLUSHDB" | "FLUSHALL", _) => Some(Combine::Same),
             ("SCRIPT", b"LOAD" | b"FLUSH") => Some(Combine::Same),

@@ -127,6 +127,9 @@ fn keyless_commands_answer_for_the_whole_cluster() {
     assert_eq!(c.cmd(&["DBSIZE"]), ":6\r\n");
     let info = c.cmd(&["INFO", "keyspace"]);
     assert!(info.contains("db0:keys=6,expires=0,avg_ttl=0"), "{info}");
+    let info = c.cmd(&["INFO"]);
+    assert!(info.contains("\r\ndb0:keys=6,expires=0,avg_ttl=0\r\n"), "the whole INFO counts every key: {info}");
+    assert!(info.contains("redis_mode:standalone\r\n") && info.contains("cluster_enabled:0\r\n"), "{info}");
     c.cmd(&["DEL", "k1", "k2", "k3", "k4", "k5"]);
     for _ in 0..10 {
         // One key left, on one of the three primaries: RANDOMKEY finds it every time.

@@ -26,8 +26,9 @@ pub enum Combine {
     Concat,
     /// RANDOMKEY: one of the primaries' answers, at random, unless it is null.
     AnyNonNull,
-    /// INFO keyspace: the per-database key counts of every primary, added up.
-    InfoKeyspace,
+    /// INFO: one primary's sections, with the per-database key counts of every primary added
+    /// up and the server shown as standalone.
+    Info,
     /// SCAN on primary `node` of `nodes`: the node's cursor becomes a cluster-wide one.
     Scan { node: u64, nodes: u64 },
     /// WAIT (an integer) and WAITAOF (an array of integers): the smallest count, element by
@@ -110,31 +111,13 @@ pub fn combine(how: &Combine, parts: &[Option<Bytes>]) -> Vec<u8> {
                 n => found[fastrand::usize(..n)].to_vec(),
             }
         }
-        Combine::InfoKeyspace => {
-            // db -> (keys, expires, avg_ttl weighted by expires)
-            let mut dbs: std::collections::BTreeMap<u32, (u64, u64, u128)> = std::collections::BTreeMap::new();
+        Combine::Info => {
+            let mut texts = Vec::with_capacity(parts.len());
             for p in &parts {
-                let Some(text) = bulk_text(p) else { return unexpected("INFO keyspace") };
-                for line in text.lines() {
-                    let Some((db, fields)) = line.split_once(':') else { continue };
-                    let Some(n) = db.strip_prefix("db").and_then(|n| n.parse::<u32>().ok()) else { continue };
-                    let field = |name: &str| -> u64 {
-                        fields
-                            .split(',')
-                            .find_map(|f| f.strip_prefix(name)?.strip_prefix('=')?.trim().parse().ok())
-                            .unwrap_or(0)
-                    };
-                    let e = dbs.entry(n).or_default();
-                    e.0 += field("keys");
-                    e.1 += field("expires");
-                    e.2 += u128::from(field("avg_ttl")) * u128::from(field("expires"));
-                }
+                let Some(text) = bulk_text(p) else { return unexpected("INFO") };
+                texts.push(text);
             }
-            let mut text = String::from("# Keyspace\r\n");
-            for (db, (keys, expires, ttl)) in dbs {
-                let avg = if expires > 0 { ttl / u128::from(expires) } else { 0 };
-                let _ = write!(text, "db{db}:keys={keys},expires={expires},avg_ttl={avg}\r\n");
-            }
+            let text = info_as_one_redis(&texts);
             if parts[0].first() == Some(&b'=') {
                 format!("={}\r\ntxt:{text}\r\n", text.len() + 4).into_bytes()
             } else {
@@ -232,6 +215,54 @@ fn replace(bytes: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
         Some(at) => [&bytes[..at], to, &bytes[at + from.len()..]].concat(),
         None => bytes.to_vec(),
     }
+}
+
+/// INFO over a cluster, as one Redis holding every key would answer: the first primary's
+/// sections, with the Keyspace section summed over all primaries and the server reporting
+/// itself as standalone.
+fn info_as_one_redis(texts: &[String]) -> String {
+    // db -> (keys, expires, avg_ttl weighted by expires)
+    let mut dbs: std::collections::BTreeMap<u32, (u64, u64, u128)> = std::collections::BTreeMap::new();
+    for text in texts {
+        for line in text.lines() {
+            let Some((db, fields)) = line.split_once(':') else { continue };
+            let Some(n) = db.strip_prefix("db").and_then(|n| n.parse::<u32>().ok()) else { continue };
+            let field = |name: &str| -> u64 {
+                fields
+                    .split(',')
+                    .find_map(|f| f.strip_prefix(name)?.strip_prefix('=')?.trim().parse().ok())
+                    .unwrap_or(0)
+            };
+            let e = dbs.entry(n).or_default();
+            e.0 += field("keys");
+            e.1 += field("expires");
+            e.2 += u128::from(field("avg_ttl")) * u128::from(field("expires"));
+        }
+    }
+    let mut out = String::with_capacity(texts[0].len());
+    let mut in_keyspace = false;
+    for line in texts[0].split_inclusive("\r\n") {
+        if line.starts_with('#') {
+            in_keyspace = line.trim_end() == "# Keyspace";
+            out.push_str(line);
+            if in_keyspace {
+                for (db, (keys, expires, ttl)) in &dbs {
+                    let avg = if *expires > 0 { ttl / u128::from(*expires) } else { 0 };
+                    let _ = write!(out, "db{db}:keys={keys},expires={expires},avg_ttl={avg}\r\n");
+                }
+            }
+            continue;
+        }
+        if in_keyspace && line.starts_with("db") {
+            continue;
+        }
+        match line.trim_end() {
+            "redis_mode:cluster" => out.push_str("redis_mode:standalone\r\n"),
+            "cluster_enabled:1" => out.push_str("cluster_enabled:0\r\n"),
+            _ => out.push_str(line),
+        }
+    }
+    out
 }
 
 /// The text of a bulk string or RESP3 verbatim string reply.
@@ -343,10 +374,14 @@ mod tests {
         let pa = format!("${}\r\n{a}\r\n", a.len());
         let pb = format!("${}\r\n{b}\r\n", b.len());
         let want = "# Keyspace\r\ndb0:keys=5,expires=2,avg_ttl=2000\r\n";
-        assert_eq!(
-            run(Combine::InfoKeyspace, &[pa.as_bytes(), pb.as_bytes()]),
-            format!("${}\r\n{want}\r\n", want.len())
-        );
+        assert_eq!(run(Combine::Info, &[pa.as_bytes(), pb.as_bytes()]), format!("${}\r\n{want}\r\n", want.len()));
+        // Whole INFO: the first primary's sections, keyspace summed, one standalone server.
+        let a = "# Server\r\nredis_mode:cluster\r\ntcp_port:7001\r\n\r\n# Cluster\r\ncluster_enabled:1\r\n\r\n# Keyspace\r\ndb0:keys=3,expires=0,avg_ttl=0\r\n";
+        let b = "# Server\r\nredis_mode:cluster\r\ntcp_port:7002\r\n\r\n# Cluster\r\ncluster_enabled:1\r\n\r\n# Keyspace\r\ndb0:keys=4,expires=0,avg_ttl=0\r\n";
+        let pa = format!("${}\r\n{a}\r\n", a.len());
+        let pb = format!("${}\r\n{b}\r\n", b.len());
+        let want = "# Server\r\nredis_mode:standalone\r\ntcp_port:7001\r\n\r\n# Cluster\r\ncluster_enabled:0\r\n\r\n# Keyspace\r\ndb0:keys=7,expires=0,avg_ttl=0\r\n";
+        assert_eq!(run(Combine::Info, &[pa.as_bytes(), pb.as_bytes()]), format!("${}\r\n{want}\r\n", want.len()));
     }
 
     #[test]
