@@ -193,9 +193,10 @@ impl Session {
         if let Some(p) = self.pinned.take() {
             p.retire();
         }
-        for m in self.monitors.drain(..).chain(self.waits.drain(..)) {
+        for m in self.monitors.drain(..) {
             m.retire();
         }
+        self.release_waits();
         debug!(service = %self.host, "client connection closed");
     }
 
@@ -540,7 +541,7 @@ impl Session {
                 let up = if permanent {
                     self.worker.new_dedicated(&self.svc, proto, self.name.clone(), self.limits.max_nesting_depth)
                 } else {
-                    self.worker.take_dedicated(&self.svc, proto, self.limits.max_nesting_depth)
+                    self.worker.take_dedicated(&self.svc, None, proto, self.limits.max_nesting_depth)
                 };
                 self.permanent = permanent;
                 self.pinned = Some(up.clone());

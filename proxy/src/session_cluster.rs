@@ -194,17 +194,13 @@ impl Session {
                 None => return self.reply_local(cmd, b"-CLUSTERDOWN The cluster is down\r\n"),
             }
         }
-        self.waits.retain(|w| w.is_usable());
+        // The last WAIT was answered (nothing is outstanding): its connections are free.
+        self.release_waits();
         let now = self.now();
         let seq = self.client.issue();
         let merge = Merge::new(self.client.clone(), seq, Combine::Min, targets.len());
         for (part, (addr, wrote)) in targets.iter().enumerate() {
-            let spec = Spec {
-                endpoint: Some(addr.clone()),
-                client_name: self.name.clone(),
-                ..Spec::new(self.svc.clone(), Kind::Dedicated, self.proto)
-            };
-            let up = Upstream::spawn(spec, &self.worker.ctx, self.limits.max_nesting_depth);
+            let up = self.worker.take_dedicated(&self.svc, Some(addr), self.proto, self.limits.max_nesting_depth);
             if *wrote && let Some(key) = router.key_on(addr) {
                 let mut marker = BytesMut::new();
                 encode_command(&mut marker, &[&b"MULTI"[..]]);
@@ -218,10 +214,21 @@ impl Session {
             let mut req = InFlight::new(self.client.clone(), seq, cmd, now, false);
             req.merge = Some((merge.clone(), part));
             up.send_request(req, frame, false);
-            up.close_when_answered();
             self.waits.push(up);
         }
         Step::Done
+    }
+
+    /// Gives WAIT's connections back to the worker's pool, or closes those still waiting (the
+    /// client left before its WAIT was answered).
+    pub(crate) fn release_waits(&mut self) {
+        for w in self.waits.drain(..) {
+            if w.is_idle() {
+                self.worker.give_back(w);
+            } else {
+                w.retire();
+            }
+        }
     }
 
     /// MONITOR over a cluster: one MONITOR connection per node, their lines merged as they

@@ -206,8 +206,6 @@ struct Inner {
     wake_queued: bool,
     /// Replaced by a newer upstream (configuration change): finish what is in flight, then go.
     retired: bool,
-    /// A dedicated connection for one command (WAIT in CLUSTER mode): closes once answered.
-    one_shot: bool,
 }
 
 /// One node's share of a client's MONITOR in CLUSTER mode: the client sees the lines of every
@@ -347,7 +345,6 @@ impl Upstream {
                 stream: None,
                 wake_queued: false,
                 retired: false,
-                one_shot: false,
             }),
             wake: Signal::new(),
             stats,
@@ -554,10 +551,10 @@ impl Upstream {
     }
 
     /// Closes the connection once nothing is in flight (dedicated: at once).
-    /// A dedicated upstream closes once what was sent is answered (retiring it drops that).
-    pub fn close_when_answered(&self) {
-        self.inner.borrow_mut().one_shot = true;
-        self.wake.notify();
+    /// Nothing queued, nothing awaiting a reply.
+    pub fn is_idle(&self) -> bool {
+        let inner = self.inner.borrow();
+        inner.inflight.is_empty() && inner.wbuf.len() == inner.written
     }
 
     pub fn retire(&self) {
@@ -597,7 +594,7 @@ impl Upstream {
                     self.inner.borrow_mut().stream = None;
                     gauge.dec();
                     let reply = replies::upstream_unavailable(&svc.host, &endpoint, &why);
-                    let retired = self.inner.borrow().retired || self.inner.borrow().one_shot;
+                    let retired = self.inner.borrow().retired;
                     if !retired {
                         warn!(service = %svc.host, %endpoint, reason = %why, "upstream connection lost");
                     }
@@ -792,7 +789,7 @@ impl Upstream {
                     }
                 }
                 want_write = inner.batch_left > 0;
-                if (inner.retired || inner.one_shot) && inner.inflight.is_empty() && !want_write {
+                if inner.retired && inner.inflight.is_empty() && !want_write {
                     return "retired".into();
                 }
                 if !timer_armed && let Some(head) = inner.inflight.iter().find(|f| f.timed) {

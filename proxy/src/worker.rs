@@ -32,6 +32,8 @@ const POOL_SIZE: usize = 4;
 
 /// Upstream connections are kept per service host and protocol version.
 type UpstreamKey = (String, u8);
+/// Idle dedicated connections: by service, endpoint and protocol version.
+type PoolKey = (String, String, u8);
 
 pub struct Worker {
     pub id: usize,
@@ -47,7 +49,7 @@ pub struct Worker {
     next_client: Cell<u64>,
     shared: RefCell<HashMap<UpstreamKey, Rc<Upstream>>>,
     routers: RefCell<HashMap<String, Rc<ClusterRouter>>>,
-    pool: RefCell<HashMap<UpstreamKey, Vec<Rc<Upstream>>>>,
+    pool: RefCell<HashMap<PoolKey, Vec<Rc<Upstream>>>>,
     sessions: Cell<usize>,
     sessions_idle: Notify,
 }
@@ -95,11 +97,18 @@ impl Worker {
         Upstream::spawn(spec, &self.ctx, max_depth)
     }
 
-    /// A dedicated connection for a transaction or a blocking command, from the pool if one
-    /// is idle there.
-    pub fn take_dedicated(&self, svc: &Arc<ServiceRt>, proto: u8, max_depth: u32) -> Rc<Upstream> {
+    /// A dedicated connection for a transaction, a blocking command or a WAIT, to `endpoint`
+    /// (the service's first if `None`), from the pool if one is idle there.
+    pub fn take_dedicated(
+        &self,
+        svc: &Arc<ServiceRt>,
+        endpoint: Option<&str>,
+        proto: u8,
+        max_depth: u32,
+    ) -> Rc<Upstream> {
+        let endpoint = endpoint.unwrap_or_else(|| svc.endpoint()).to_owned();
         let mut pool = self.pool.borrow_mut();
-        if let Some(idle) = pool.get_mut(&(svc.host.clone(), proto)) {
+        if let Some(idle) = pool.get_mut(&(svc.host.clone(), endpoint.clone(), proto)) {
             while let Some(up) = idle.pop() {
                 if up.is_ready() && up.service().same_upstream(svc) {
                     up.update_service(svc.clone(), max_depth);
@@ -109,7 +118,8 @@ impl Worker {
             }
         }
         drop(pool);
-        self.new_dedicated(svc, proto, None, max_depth)
+        let spec = Spec { endpoint: Some(endpoint), ..Spec::new(svc.clone(), Kind::Dedicated, proto) };
+        Upstream::spawn(spec, &self.ctx, max_depth)
     }
 
     /// Takes back a dedicated connection whose state has ended.
@@ -120,7 +130,7 @@ impl Worker {
         }
         let svc = up.service();
         let mut pool = self.pool.borrow_mut();
-        let idle = pool.entry((svc.host.clone(), up.proto())).or_default();
+        let idle = pool.entry((svc.host.clone(), up.endpoint().to_owned(), up.proto())).or_default();
         if idle.len() < POOL_SIZE {
             idle.push(up);
         } else {
