@@ -376,6 +376,10 @@ impl Session {
             // A blocking command is in flight: what follows it runs after it, as on Redis.
             return Some(self.drain());
         }
+        // Its state has ended: the connection can serve another client's.
+        if let Some(p) = self.pinned.take() {
+            self.worker.give_back(p);
+        }
         self.unpin();
         None
     }
@@ -446,12 +450,17 @@ impl Session {
         if let Some(old) = self.pinned.take() {
             old.retire();
         }
-        let spec = Spec {
-            endpoint: Some(addr.to_owned()),
-            client_name: self.name.clone(),
-            ..Spec::new(self.svc.clone(), Kind::Dedicated, self.proto)
+        let up = if permanent {
+            let spec = Spec {
+                endpoint: Some(addr.to_owned()),
+                client_name: self.name.clone(),
+                ..Spec::new(self.svc.clone(), Kind::Dedicated, self.proto)
+            };
+            Upstream::spawn(spec, &self.worker.ctx, self.limits.max_nesting_depth)
+        } else {
+            // A transaction or a blocking command: a pooled connection, given back after.
+            self.worker.take_dedicated(&self.svc, Some(addr), self.proto, self.limits.max_nesting_depth)
         };
-        let up = Upstream::spawn(spec, &self.worker.ctx, self.limits.max_nesting_depth);
         self.pinned = Some(up.clone());
         self.permanent = permanent;
         up

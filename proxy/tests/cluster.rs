@@ -282,6 +282,24 @@ fn transactions_run_on_the_node_of_their_keys() {
     assert_eq!(c.cmd(&["SET", "{acct}:a", "0"]), "+QUEUED\r\n");
     assert_eq!(c.cmd(&["EXEC"]), "*-1\r\n");
     assert_eq!(c.cmd(&["GET", "{acct}:a"]), "$2\r\n99\r\n");
+
+    // Transactions and blocking commands take pooled connections to their node and give them
+    // back: no new connection per transaction.
+    let node = cluster.primary_for(slot_of(&cluster, "{acct}:a"));
+    let accepted = || {
+        let info = node.conn().cmd(&["INFO", "stats"]);
+        let line = info.lines().find(|l| l.starts_with("total_connections_received:")).unwrap().to_owned();
+        line["total_connections_received:".len()..].trim().parse::<u64>().unwrap()
+    };
+    let before = accepted();
+    for _ in 0..10 {
+        assert_eq!(c.cmd(&["MULTI"]), "+OK\r\n");
+        assert_eq!(c.cmd(&["INCR", "{acct}:a"]), "+QUEUED\r\n");
+        assert!(c.cmd(&["EXEC"]).starts_with("*1\r\n:"));
+        assert_eq!(c.cmd(&["BLPOP", "{acct}:q", "0.01"]), "*-1\r\n");
+    }
+    // One more for the INFO connection of `accepted` itself.
+    assert!(accepted() - before <= 2, "20 transactions and blocking commands opened connections");
 }
 
 #[test]
