@@ -22,6 +22,10 @@ use crate::signal::Signal;
 /// pin memory for the rest of an idle connection's life.
 const KEEP_OUT_CAPACITY: usize = 64 * 1024;
 
+/// Unsent bytes of a relayed stream (messages, MONITOR lines) a client may have before it is
+/// disconnected: Redis's default hard limit for pub/sub clients.
+pub const RELAY_LIMIT: usize = 32 << 20;
+
 /// A parked-reply arena larger than this is compacted when most of it was written already
 /// (replies that keep overtaking one slow one would otherwise grow it without end).
 const ARENA_COMPACT: usize = 64 * 1024;
@@ -239,12 +243,25 @@ impl Client {
         }
     }
 
-    /// Bytes relayed as they come (a subscriber's or monitor's stream).
+    /// Bytes relayed as they come (a subscriber's or monitor's stream). A client that lets
+    /// more than [`RELAY_LIMIT`] of them pile up unread is disconnected, as Redis disconnects
+    /// a pub/sub client past its output buffer limit: the proxy's memory is not its queue.
     pub fn relay(&self, bytes: &[u8]) {
         let mut out = self.out.borrow_mut();
-        if !out.gone {
-            out.buf.extend_from_slice(bytes);
+        if out.gone {
+            return;
         }
+        if out.buf.len() + bytes.len() > RELAY_LIMIT {
+            drop(out);
+            tracing::warn!(
+                limit_mib = RELAY_LIMIT >> 20,
+                "disconnecting a subscriber or MONITOR client that does not read what it is sent"
+            );
+            self.set_gone();
+            self.wake.notify();
+            return;
+        }
+        out.buf.extend_from_slice(bytes);
     }
 
     /// A reply made by the proxy, placed after every reply still outstanding.

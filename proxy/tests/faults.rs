@@ -241,3 +241,37 @@ fn malformed_commands_of_every_kind_never_break_the_proxy() {
     let open = Proxy::start_args(&["--upstream", &redis.addr()]);
     support::random_commands_never_break(&open, 8);
 }
+
+#[test]
+fn a_subscriber_that_does_not_read_is_disconnected_before_it_costs_the_proxy_its_memory() {
+    let redis = Redis::start();
+    let mut proxy = Proxy::start_args(&["--upstream", &redis.addr()]);
+    proxy.allow_warning("does not read what it is sent");
+    let mut sub = proxy.conn();
+    sub.send(&["SUBSCRIBE", "firehose"]);
+    assert_eq!(String::from_utf8_lossy(&sub.read_reply()), "*3\r\n$9\r\nsubscribe\r\n$8\r\nfirehose\r\n:1\r\n");
+    // 64 MiB of messages to a client that reads none of them.
+    let payload = "x".repeat(1 << 20);
+    let mut publisher = redis.conn();
+    for _ in 0..64 {
+        // :1 until the proxy lets the subscriber go (its upstream connection goes with it).
+        let receivers = publisher.cmd(&["PUBLISH", "firehose", &payload]);
+        assert!(receivers == ":1\r\n" || receivers == ":0\r\n", "{receivers}");
+    }
+    assert!(proxy.wait_log("does not read what it is sent", Duration::from_secs(10)));
+    // What was already in the socket can still be read, then the connection ends.
+    sub.set_timeout(Duration::from_secs(10));
+    let mut total = 0usize;
+    let mut chunk = vec![0u8; 1 << 20];
+    loop {
+        match std::io::Read::read(&mut sub.stream, &mut chunk) {
+            Ok(0) => break,
+            Ok(n) => total += n,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("the connection was not closed: {e}"),
+        }
+    }
+    assert!(total < 48 << 20, "{total} bytes reached the subscriber: it was cut off near the limit");
+    // Everyone else is served as before.
+    assert_eq!(proxy.conn().cmd(&["PING"]), "+PONG\r\n");
+}
