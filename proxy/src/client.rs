@@ -44,6 +44,8 @@ pub struct Client {
     /// the client's), unique in the process.
     pub id: u64,
     pub since: std::time::Instant,
+    /// This connection in the process's registry of clients (set once its session starts).
+    pub entry: std::cell::OnceCell<std::sync::Arc<crate::registry::Entry>>,
 }
 
 static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -187,6 +189,7 @@ impl Client {
             flush_queued: Cell::new(false),
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             since: std::time::Instant::now(),
+            entry: std::cell::OnceCell::new(),
         }
     }
 

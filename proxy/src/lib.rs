@@ -21,6 +21,7 @@ pub mod config;
 pub mod kube_source;
 pub mod metrics;
 pub mod net;
+pub mod registry;
 pub mod reload;
 pub mod replies;
 pub mod resp;

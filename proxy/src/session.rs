@@ -111,6 +111,17 @@ impl Session {
     pub fn new(client: Rc<Client>, worker: Rc<Worker>, host: String) -> Option<Session> {
         let rt = worker.config.load();
         let svc = rt.services.get(&host)?.clone();
+        let addr = |a: std::io::Result<std::net::SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
+        let entry = crate::registry::Entry::register(
+            client.id,
+            host.clone(),
+            addr(client.stream.peer_addr()),
+            addr(client.stream.local_addr()),
+            std::os::fd::AsRawFd::as_raw_fd(&client.stream),
+            client.since,
+            worker.kills.clone(),
+        );
+        let _ = client.entry.set(entry);
         Some(Session {
             client,
             worker,
@@ -197,6 +208,9 @@ impl Session {
             m.retire();
         }
         self.release_waits();
+        if let Some(e) = self.client.entry.get() {
+            e.unregister();
+        }
         debug!(service = %self.host, "client connection closed");
     }
 
@@ -698,8 +712,9 @@ impl Session {
                 // connection and let Redis answer.
                 let step = self.forward(frame, cmd, Want::Dedicated { permanent: true, raw: false }, true);
                 if matches!(step, Step::Done) {
-                    self.proto = version.unwrap_or(self.proto);
-                    self.name = setname.map(Bytes::copy_from_slice).or(self.name.take());
+                    self.set_proto(version.unwrap_or(self.proto));
+                    let name = setname.map(Bytes::copy_from_slice).or(self.name.take());
+                    self.set_name(name);
                 }
                 return step;
             }
@@ -731,9 +746,9 @@ impl Session {
             // The dedicated connection now carries a protocol choice: keep it to the end.
             self.permanent = true;
         }
-        self.proto = proto;
+        self.set_proto(proto);
         if let Some(name) = setname {
-            self.name = if name.is_empty() { None } else { Some(Bytes::copy_from_slice(name)) };
+            self.set_name(if name.is_empty() { None } else { Some(Bytes::copy_from_slice(name)) });
         }
         // Redis fills in the server's details; the login and name stay here.
         self.scratch.clear();
@@ -751,13 +766,28 @@ impl Session {
         Step::Done
     }
 
+    /// The client's name, also as the process's client registry shows it.
+    fn set_name(&mut self, name: Option<Bytes>) {
+        if let Some(e) = self.client.entry.get() {
+            e.set_name(name.as_deref());
+        }
+        self.name = name;
+    }
+
+    fn set_proto(&mut self, proto: u8) {
+        if let Some(e) = self.client.entry.get() {
+            e.set_proto(proto);
+        }
+        self.proto = proto;
+    }
+
     fn reset(&mut self, cmd: CommandId) -> Step {
         if self.client.outstanding() > 0 {
             return self.drain();
         }
         self.unpin();
-        self.proto = 2;
-        self.name = None;
+        self.set_name(None);
+        self.set_proto(2);
         self.shared = None;
         self.authenticated = self.svc.client_auth.is_none();
         self.reply_off = false;
@@ -776,7 +806,7 @@ impl Session {
                 if !valid_client_name(a2) {
                     return self.reply_local(cmd, replies::BAD_CLIENT_NAME);
                 }
-                self.name = if a2.is_empty() { None } else { Some(Bytes::copy_from_slice(a2)) };
+                self.set_name(if a2.is_empty() { None } else { Some(Bytes::copy_from_slice(a2)) });
                 self.reply_local(cmd, replies::OK)
             }
             b"GETNAME" if argc == 2 && !pinned => {
@@ -790,7 +820,7 @@ impl Session {
             b"SETNAME" if argc == 3 => {
                 let step = self.forward(frame, cmd, Want::Current, true);
                 if valid_client_name(a2) {
-                    self.name = if a2.is_empty() { None } else { Some(Bytes::copy_from_slice(a2)) };
+                    self.set_name(if a2.is_empty() { None } else { Some(Bytes::copy_from_slice(a2)) });
                 }
                 self.permanent = true;
                 step

@@ -68,7 +68,7 @@ impl Session {
                 self.reply_local(cmd, reply.as_bytes())
             }
             b"INFO" => {
-                let line = self.client_info_line();
+                let line = self.client_info_line("client|info");
                 let reply = if self.proto >= 3 {
                     format!("={}\r\ntxt:{line}\r\n", line.len() + 4)
                 } else {
@@ -119,10 +119,7 @@ impl Session {
     }
 
     /// CLIENT INFO's line, in Redis's format, for the client's connection to the proxy.
-    fn client_info_line(&self) -> String {
-        use std::os::fd::AsRawFd;
-        let addr = |a: std::io::Result<std::net::SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
-        let stream = &self.client.stream;
+    fn client_info_line(&self, command: &str) -> String {
         let mut flags = String::new();
         if self.in_multi || self.multi_pending {
             flags.push('x');
@@ -130,22 +127,123 @@ impl Session {
         if self.no_evict {
             flags.push('e');
         }
-        if flags.is_empty() {
-            flags.push('N');
+        let multi = if self.in_multi || self.multi_pending { 0 } else { -1 };
+        match self.client.entry.get() {
+            Some(e) => info_line(e, &flags, multi, command),
+            None => String::new(),
         }
-        format!(
-            "id={} addr={} laddr={} fd={} name={} age={} idle=0 flags={flags} db=0 sub=0 psub=0 ssub=0 multi={} \
-             qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r \
-             cmd=client|info user=default redir=-1 resp={}\n",
-            self.client.id,
-            addr(stream.peer_addr()),
-            addr(stream.local_addr()),
-            stream.as_raw_fd(),
-            self.name.as_deref().map(String::from_utf8_lossy).unwrap_or_default(),
-            self.client.since.elapsed().as_secs(),
-            if self.in_multi || self.multi_pending { 0 } else { -1 },
-            self.proto,
-        )
+    }
+
+    /// CLIENT LIST in CLUSTER mode: the clients of this service, the proxy being the one Redis.
+    fn cluster_client_list(&mut self, frame: &[u8], argc: usize, spans: Spans, cmd: CommandId) -> Step {
+        let arg = |i: usize| spans.get(frame, i).unwrap_or_default().to_ascii_uppercase();
+        let mut ids: Option<Vec<u64>> = None;
+        let mut only_normal = true;
+        let mut i = 2;
+        while i < argc {
+            match arg(i).as_slice() {
+                b"TYPE" if i + 1 < argc => {
+                    match arg(i + 1).as_slice() {
+                        b"NORMAL" => {}
+                        b"MASTER" | b"REPLICA" | b"SLAVE" | b"PUBSUB" => only_normal = false,
+                        other => {
+                            let reply = format!(
+                                "-ERR Unknown client type '{}'\r\n",
+                                String::from_utf8_lossy(other).to_lowercase()
+                            );
+                            return self.reply_local(cmd, reply.as_bytes());
+                        }
+                    }
+                    i += 2;
+                }
+                b"ID" if i + 1 < argc => {
+                    let mut list = Vec::new();
+                    for j in i + 1..argc {
+                        match std::str::from_utf8(&arg(j)).ok().and_then(|v| v.parse::<u64>().ok()) {
+                            Some(id) if id > 0 => list.push(id),
+                            _ => return self.reply_local(cmd, b"-ERR Invalid client ID\r\n"),
+                        }
+                    }
+                    ids = Some(list);
+                    i = argc;
+                }
+                _ => return self.reply_local(cmd, crate::replies::SYNTAX_ERROR),
+            }
+        }
+        let mut text = String::new();
+        if only_normal {
+            for e in crate::registry::of_service(&self.host) {
+                if ids.as_ref().is_some_and(|ids| !ids.contains(&e.id)) {
+                    continue;
+                }
+                if e.id == self.client.id {
+                    text.push_str(&self.client_info_line("client|list"));
+                } else {
+                    text.push_str(&info_line(&e, "", -1, "NULL"));
+                }
+            }
+        }
+        let reply = if self.proto >= 3 {
+            format!("={}\r\ntxt:{text}\r\n", text.len() + 4)
+        } else {
+            format!("${}\r\n{text}\r\n", text.len())
+        };
+        self.reply_local(cmd, reply.as_bytes())
+    }
+
+    /// CLIENT KILL in CLUSTER mode: closes clients of this service (the node connections are
+    /// the proxy's own and are never the target).
+    fn cluster_client_kill(&mut self, frame: &[u8], argc: usize, spans: Spans, cmd: CommandId) -> Step {
+        let arg = |i: usize| String::from_utf8_lossy(spans.get(frame, i).unwrap_or_default()).into_owned();
+        let clients = crate::registry::of_service(&self.host);
+        if argc == 3 {
+            // The old form: CLIENT KILL addr:port.
+            let addr = arg(2);
+            return match clients.iter().find(|e| e.peer == addr) {
+                Some(e) => {
+                    e.kill();
+                    self.reply_local(cmd, crate::replies::OK)
+                }
+                None => self.reply_local(cmd, b"-ERR No such client\r\n"),
+            };
+        }
+        if argc < 4 || !argc.is_multiple_of(2) {
+            return self.reply_local(cmd, crate::replies::SYNTAX_ERROR);
+        }
+        let (mut id, mut addr, mut laddr, mut skipme) = (None, None, None, true);
+        for i in (2..argc).step_by(2) {
+            let value = arg(i + 1);
+            match arg(i).to_ascii_uppercase().as_str() {
+                "ID" => match value.parse::<u64>() {
+                    Ok(v) if v > 0 => id = Some(v),
+                    _ => return self.reply_local(cmd, b"-ERR client-id should be greater than 0\r\n"),
+                },
+                "ADDR" => addr = Some(value),
+                "LADDR" => laddr = Some(value),
+                "SKIPME" => match value.to_ascii_lowercase().as_str() {
+                    "yes" => skipme = true,
+                    "no" => skipme = false,
+                    _ => return self.reply_local(cmd, crate::replies::SYNTAX_ERROR),
+                },
+                "TYPE" if value.eq_ignore_ascii_case("normal") => {}
+                "USER" if value == "default" => {}
+                _ => return self.reply_local(cmd, crate::replies::SYNTAX_ERROR),
+            }
+        }
+        let mut killed = 0;
+        for e in &clients {
+            if id.is_some_and(|id| id != e.id)
+                || addr.as_ref().is_some_and(|a| *a != e.peer)
+                || laddr.as_ref().is_some_and(|a| *a != e.local)
+                || (skipme && e.id == self.client.id)
+            {
+                continue;
+            }
+            e.kill();
+            killed += 1;
+        }
+        let reply = format!(":{killed}\r\n");
+        self.reply_local(cmd, reply.as_bytes())
     }
 
     /// HELLO (already stripped of the login and name, which stay with the proxy), answered by
@@ -290,6 +388,8 @@ impl Session {
                     }
                     // Per-connection modes of a node: the client's commands share node
                     // connections with other clients' and cannot carry them.
+                    b"LIST" => self.cluster_client_list(frame, argc, spans, cmd),
+                    b"KILL" => self.cluster_client_kill(frame, argc, spans, cmd),
                     b"TRACKING" | b"NO-TOUCH" => {
                         self.not_in_cluster(cmd, &format!("CLIENT {}", String::from_utf8_lossy(&sub)))
                     }
@@ -789,4 +889,21 @@ impl Session {
         }
         Step::Done
     }
+}
+
+/// One line of CLIENT INFO / CLIENT LIST, in Redis's format, for a connection to the proxy.
+fn info_line(e: &crate::registry::Entry, flags: &str, multi: i32, command: &str) -> String {
+    format!(
+        "id={} addr={} laddr={} fd={} name={} age={} idle=0 flags={} db=0 sub=0 psub=0 ssub=0 multi={multi} \
+         qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r \
+         cmd={command} user=default redir=-1 resp={}\n",
+        e.id,
+        e.peer,
+        e.local,
+        e.fd,
+        e.name(),
+        e.since.elapsed().as_secs(),
+        if flags.is_empty() { "N" } else { flags },
+        e.proto(),
+    )
 }

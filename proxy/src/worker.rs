@@ -44,9 +44,10 @@ pub struct Worker {
     pub ctx: Rc<Ctx>,
     /// Shutting down: sessions answer what they were sent, then close.
     pub draining: Cell<bool>,
+    /// Woken when CLIENT KILL (from any worker) marks one of this worker's clients.
+    pub kills: Arc<Notify>,
     /// Open client connections, to wake them when draining starts.
     clients: RefCell<HashMap<u64, Weak<Client>>>,
-    next_client: Cell<u64>,
     shared: RefCell<HashMap<UpstreamKey, Rc<Upstream>>>,
     routers: RefCell<HashMap<String, Rc<ClusterRouter>>>,
     pool: RefCell<HashMap<PoolKey, Vec<Rc<Upstream>>>>,
@@ -139,8 +140,7 @@ impl Worker {
     }
 
     fn session_started(&self, client: &Rc<Client>) -> u64 {
-        let id = self.next_client.get();
-        self.next_client.set(id + 1);
+        let id = client.id;
         self.clients.borrow_mut().insert(id, Rc::downgrade(client));
         self.sessions.set(self.sessions.get() + 1);
         id
@@ -207,13 +207,14 @@ async fn worker_main(setup: WorkerSetup, ready: mpsc::Sender<Result<Vec<SocketAd
         metrics,
         draining: Cell::new(false),
         clients: RefCell::new(HashMap::new()),
-        next_client: Cell::new(0),
         shared: RefCell::new(HashMap::new()),
         routers: RefCell::new(HashMap::new()),
         pool: RefCell::new(HashMap::new()),
         sessions: Cell::new(0),
         sessions_idle: Notify::new(),
+        kills: Arc::new(Notify::new()),
     });
+    tokio::task::spawn_local(close_killed(worker.clone()));
     let mut bound: HashMap<SocketAddr, Bound> = HashMap::new();
     let first = reconcile_listeners(&worker, &mut bound);
     let failed = first.is_err();
@@ -351,6 +352,20 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     sock.listen(1024)?;
     sock.set_nonblocking(true)?;
     TcpListener::from_std(sock.into())
+}
+
+/// Closes the clients of this worker that CLIENT KILL marked.
+async fn close_killed(worker: Rc<Worker>) {
+    loop {
+        worker.kills.notified().await;
+        let clients: Vec<Rc<Client>> = worker.clients.borrow().values().filter_map(Weak::upgrade).collect();
+        for c in clients {
+            if c.entry.get().is_some_and(|e| e.is_killed()) {
+                c.set_gone();
+                c.wake.notify();
+            }
+        }
+    }
 }
 
 async fn accept_loop(listener: TcpListener, service: Rc<RefCell<String>>, worker: Rc<Worker>) {

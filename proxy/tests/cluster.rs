@@ -727,6 +727,19 @@ fn client_commands_about_the_connection_answer_for_the_clients_own() {
     assert_eq!(a.cmd(&["CLIENT", "ID", "x"]), "-ERR wrong number of arguments for 'client|id' command\r\n");
     let tracking = a.cmd(&["CLIENT", "TRACKING", "on"]);
     assert!(tracking.starts_with("-ERR respmesh: CLIENT TRACKING is not supported in CLUSTER mode"), "{tracking}");
+    // CLIENT LIST and CLIENT KILL: the proxy's clients of this service, never its node
+    // connections.
+    let id_b = b.cmd(&["CLIENT", "ID"]).trim_start_matches(':').trim().to_owned();
+    let list = a.cmd(&["CLIENT", "LIST"]);
+    assert!(list.contains(&format!("id={id} ")) && list.contains(&format!("id={id_b} ")), "{list}");
+    assert!(list.contains(" name=worker-7 ") && list.contains("cmd=client|list"), "{list}");
+    let only_b = a.cmd(&["CLIENT", "LIST", "ID", &id_b]);
+    assert!(only_b.contains(&format!("id={id_b} ")) && !only_b.contains(&format!("id={id} ")), "{only_b}");
+    assert_eq!(a.cmd(&["CLIENT", "KILL", "127.0.0.1:1"]), "-ERR No such client\r\n");
+    assert_eq!(a.cmd(&["CLIENT", "KILL", "ID", &id_b]), ":1\r\n");
+    assert!(b.is_closed(), "the killed client's connection is closed");
+    assert_eq!(a.cmd(&["CLIENT", "KILL", "ID", &id_b]), ":0\r\n", "gone from the list");
+    assert_eq!(a.cmd(&["SET", "after-kill", "1"]), "+OK\r\n", "the proxy's node connections are intact");
     // HELLO describes one Redis: standalone, with the client's own id.
     let hello = a.cmd(&["HELLO", "3"]);
     assert!(hello.contains("$4\r\nmode\r\n$10\r\nstandalone\r\n"), "{hello}");
