@@ -9,6 +9,7 @@ use std::rc::Rc;
 use bytes::BytesMut;
 use tokio::time::Instant;
 
+use crate::client::Seq;
 use crate::cluster::ClusterRouter;
 use crate::cluster::merge::{Combine, Merge, SCAN_NODE_BITS};
 use crate::command::keys::key_positions;
@@ -862,6 +863,13 @@ impl Session {
             // Functions, like scripts, must exist on every node that may run them.
             ("FUNCTION", b"LOAD" | b"DELETE" | b"FLUSH" | b"RESTORE") => Some(Combine::Same),
             ("SCAN", _) => return self.cluster_scan(&router, frame, cmd),
+            // The server's settings, users and pauses: one Redis has one set of them, so
+            // every node (replicas too) gets the change.
+            ("CONFIG", b"SET" | b"RESETSTAT" | b"REWRITE")
+            | ("ACL", b"SETUSER" | b"DELUSER" | b"LOAD")
+            | ("CLIENT", b"PAUSE" | b"UNPAUSE")
+            | ("SLOWLOG", b"RESET")
+            | ("LATENCY", b"RESET") => return self.send_to_every_node(&router, frame, cmd, Combine::Same),
             _ => None,
         };
         let primaries = router.primaries();
@@ -877,17 +885,40 @@ impl Session {
                 req.hold = self.fault_delay;
                 router.node(addr, self.proto).send_request(req, frame, false);
             }
-            Some(combine) => {
-                let merge = Merge::new(self.client.clone(), seq, combine, primaries.len());
-                for (part, addr) in primaries.iter().enumerate() {
-                    let mut req = InFlight::new(self.client.clone(), seq, cmd, now, true);
-                    req.merge = Some((merge.clone(), part));
-                    req.hold = self.fault_delay;
-                    router.node(addr, self.proto).send_request(req, frame, false);
-                }
-            }
+            Some(combine) => self.fan_out(&router, &primaries, seq, frame, cmd, combine),
         }
         Step::Done
+    }
+
+    /// Sends a command to every node, primaries and replicas; the replies combine as `how`.
+    fn send_to_every_node(&mut self, router: &Rc<ClusterRouter>, frame: &[u8], cmd: CommandId, how: Combine) -> Step {
+        let nodes: Vec<String> = router.nodes_with_primary().into_iter().map(|(addr, _)| addr).collect();
+        if nodes.is_empty() {
+            return self.reply_local(cmd, b"-CLUSTERDOWN The cluster is down\r\n");
+        }
+        let seq = self.client.issue();
+        self.fan_out(router, &nodes, seq, frame, cmd, how);
+        Step::Done
+    }
+
+    /// Sends request `seq` to each of `addrs`; the client gets their replies combined.
+    fn fan_out(
+        &mut self,
+        router: &Rc<ClusterRouter>,
+        addrs: &[String],
+        seq: Seq,
+        frame: &[u8],
+        cmd: CommandId,
+        how: Combine,
+    ) {
+        let now = self.now();
+        let merge = Merge::new(self.client.clone(), seq, how, addrs.len());
+        for (part, addr) in addrs.iter().enumerate() {
+            let mut req = InFlight::new(self.client.clone(), seq, cmd, now, true);
+            req.merge = Some((merge.clone(), part));
+            req.hold = self.fault_delay;
+            router.node(addr, self.proto).send_request(req, frame, false);
+        }
     }
 }
 

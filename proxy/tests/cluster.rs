@@ -112,6 +112,8 @@ fn commands_whose_keys_must_share_a_slot_get_crossslot_unless_they_do() {
 #[test]
 fn keyless_commands_answer_for_the_whole_cluster() {
     let cluster = Cluster::start();
+    // The proxy's first topology then lists the replicas too (CONFIG SET reaches them).
+    cluster.wait_replicas_online(1, Duration::from_secs(20));
     let proxy = proxy_for(&cluster);
     let mut c = proxy.conn();
     assert_eq!(c.cmd(&["PING"]), "+PONG\r\n");
@@ -127,6 +129,11 @@ fn keyless_commands_answer_for_the_whole_cluster() {
     assert_eq!(c.cmd(&["DBSIZE"]), ":6\r\n");
     let info = c.cmd(&["INFO", "keyspace"]);
     assert!(info.contains("db0:keys=6,expires=0,avg_ttl=0"), "{info}");
+    // A setting changes on every node, replicas too, as on one Redis.
+    assert_eq!(c.cmd(&["CONFIG", "SET", "slowlog-max-len", "77"]), "+OK\r\n");
+    for n in &cluster.nodes {
+        assert_eq!(n.conn().cmd(&["CONFIG", "GET", "slowlog-max-len"]), "*2\r\n$15\r\nslowlog-max-len\r\n$2\r\n77\r\n");
+    }
     let info = c.cmd(&["INFO"]);
     assert!(info.contains("\r\ndb0:keys=6,expires=0,avg_ttl=0\r\n"), "the whole INFO counts every key: {info}");
     assert!(info.contains("redis_mode:standalone\r\n") && info.contains("cluster_enabled:0\r\n"), "{info}");
