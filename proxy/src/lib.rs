@@ -26,7 +26,7 @@ pub mod reload;
 pub mod replies;
 pub mod resp;
 pub mod session;
-mod session_cluster;
+pub(crate) mod session_cluster;
 mod session_route;
 pub mod signal;
 pub mod upstream;

@@ -105,6 +105,8 @@ pub struct Session {
     pub(crate) waits: Vec<Rc<Upstream>>,
     /// CLUSTER mode: CLIENT NO-EVICT (shown by CLIENT INFO).
     pub(crate) no_evict: bool,
+    /// CLUSTER mode: CLIENT TRACKING is on (the client's node connections of its own).
+    pub(crate) tracking: Option<crate::session_cluster::Tracking>,
 }
 
 impl Session {
@@ -155,6 +157,7 @@ impl Session {
             monitors: Vec::new(),
             waits: Vec::new(),
             no_evict: false,
+            tracking: None,
         })
     }
 
@@ -208,6 +211,7 @@ impl Session {
             m.retire();
         }
         self.release_waits();
+        self.stop_tracking();
         if let Some(e) = self.client.entry.get() {
             e.unregister();
         }
@@ -793,6 +797,7 @@ impl Session {
         self.reply_off = false;
         self.skip_next = false;
         self.no_evict = false;
+        self.stop_tracking();
         self.client.set_silencing(false);
         self.reply_local(cmd, replies::RESET)
     }

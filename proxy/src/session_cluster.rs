@@ -3,10 +3,11 @@
 //! refused with Redis Cluster's CROSSSLOT error; whole-keyspace commands go to every primary
 //! and their replies are combined.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::time::Instant;
 
 use crate::client::Seq;
@@ -17,6 +18,20 @@ use crate::command::{CommandId, Special};
 use crate::resp::request::{Spans, args, encode_command};
 use crate::session::{Session, Step, answered_by_proxy};
 use crate::upstream::{InFlight, Kind, Spec, Upstream};
+
+/// CLIENT TRACKING in CLUSTER mode: the client's commands on keys run on connections of its
+/// own, one per primary, each tracking for it; their invalidation pushes go to the client.
+pub(crate) struct Tracking {
+    /// The client's CLIENT TRACKING ON command, run on node connections opened later.
+    on: Bytes,
+    /// OPTIN or OPTOUT: CLIENT CACHING applies to the next command.
+    optin_out: bool,
+    conns: Vec<Rc<Upstream>>,
+    /// Whether the nodes accepted the options (unknown until they answered).
+    accepted: Rc<Cell<Option<bool>>>,
+    /// CLIENT CACHING, to send ahead of the next command on its node's connection.
+    caching: Option<Bytes>,
+}
 
 const CROSSSLOT: &[u8] = b"-CROSSSLOT Keys in request don't hash to the same slot\r\n";
 const SELECT_IN_CLUSTER: &[u8] = b"-ERR SELECT is not allowed in cluster mode\r\n";
@@ -132,6 +147,163 @@ impl Session {
         match self.client.entry.get() {
             Some(e) => info_line(e, &flags, multi, command),
             None => String::new(),
+        }
+    }
+
+    /// CLIENT TRACKING ON|OFF [options] in CLUSTER mode (RESP3, without REDIRECT).
+    fn cluster_tracking(&mut self, frame: &[u8], argc: usize, spans: Spans, cmd: CommandId) -> Step {
+        let arg = |i: usize| spans.get(frame, i).unwrap_or_default().to_ascii_uppercase();
+        if argc < 3 {
+            let mut r = BytesMut::new();
+            crate::replies::wrong_arity(&mut r, "client|tracking");
+            return self.reply_local(cmd, &r);
+        }
+        match arg(2).as_slice() {
+            b"OFF" => {
+                if self.client.outstanding() > 0 {
+                    return self.drain();
+                }
+                self.stop_tracking();
+                return self.reply_local(cmd, crate::replies::OK);
+            }
+            b"ON" => {}
+            _ => return self.reply_local(cmd, crate::replies::SYNTAX_ERROR),
+        }
+        if (3..argc).any(|i| arg(i) == b"REDIRECT") {
+            return self.not_in_cluster(cmd, "CLIENT TRACKING with REDIRECT");
+        }
+        if self.proto < 3 {
+            return self.reply_local(
+                cmd,
+                b"-ERR respmesh: CLIENT TRACKING in CLUSTER mode needs RESP3 (HELLO 3): invalidations come as pushes on the client's own connection\r\n",
+            );
+        }
+        let router = match self.topology_ready(cmd) {
+            Ok(r) => r,
+            Err(step) => return step,
+        };
+        if self.client.outstanding() > 0 {
+            return self.drain();
+        }
+        self.stop_tracking();
+        let primaries = router.primaries();
+        if primaries.is_empty() {
+            return self.reply_local(cmd, b"-CLUSTERDOWN The cluster is down\r\n");
+        }
+        let accepted = Rc::new(Cell::new(None));
+        let now = self.now();
+        let seq = self.client.issue();
+        let merge = Merge::new(self.client.clone(), seq, Combine::Tracking(accepted.clone()), primaries.len());
+        let mut conns = Vec::new();
+        for (part, addr) in primaries.iter().enumerate() {
+            let up = self.spawn_tracked(addr, None);
+            let mut req = InFlight::new(self.client.clone(), seq, cmd, now, true);
+            req.merge = Some((merge.clone(), part));
+            up.send_request(req, frame, false);
+            conns.push(up);
+        }
+        let optin_out = (3..argc).any(|i| matches!(arg(i).as_slice(), b"OPTIN" | b"OPTOUT"));
+        self.tracking = Some(Tracking { on: Bytes::copy_from_slice(frame), optin_out, conns, accepted, caching: None });
+        Step::Done
+    }
+
+    /// CLIENT CACHING, GETREDIR and TRACKINGINFO while tracking.
+    fn tracking_client_command(&mut self, frame: &[u8], argc: usize, spans: Spans, cmd: CommandId, sub: &[u8]) -> Step {
+        let t = self.tracking.as_mut().expect("tracking");
+        match sub {
+            b"GETREDIR" => self.reply_local(cmd, b":0\r\n"),
+            b"CACHING" => {
+                if !t.optin_out {
+                    return self.reply_local(
+                        cmd,
+                        b"-ERR CLIENT CACHING can be called only when the client is in tracking mode with OPTIN or OPTOUT mode enabled\r\n",
+                    );
+                }
+                let yes = spans.get(frame, 2).unwrap_or_default().to_ascii_uppercase();
+                if argc != 3 || !matches!(yes.as_slice(), b"YES" | b"NO") {
+                    return self.reply_local(cmd, crate::replies::SYNTAX_ERROR);
+                }
+                // It applies to the next command, on whichever node that runs.
+                t.caching = Some(Bytes::copy_from_slice(frame));
+                self.reply_local(cmd, crate::replies::OK)
+            }
+            _ => {
+                // Every node tracks with the same options: any one describes them.
+                let up = t.conns[0].clone();
+                self.send(&up, frame, cmd, true);
+                Step::Done
+            }
+        }
+    }
+
+    /// A connection of the tracking client's own to `addr`, running `setup` on connect; the
+    /// node's pushes go to the client.
+    fn spawn_tracked(&mut self, addr: &str, setup: Option<Bytes>) -> Rc<Upstream> {
+        let spec = Spec {
+            endpoint: Some(addr.to_owned()),
+            client_name: self.name.clone(),
+            setup,
+            ..Spec::new(self.svc.clone(), Kind::Dedicated, 3)
+        };
+        let up = Upstream::spawn(spec, &self.worker.ctx, self.limits.max_nesting_depth);
+        up.make_private();
+        up.relay_pushes(self.client.clone());
+        up
+    }
+
+    /// The tracking client's connection to `addr`, opened (with its tracking options) if the
+    /// topology gained a primary since tracking began.
+    fn tracked_conn(&mut self, addr: &str) -> Rc<Upstream> {
+        let t = self.tracking.as_ref().expect("tracking");
+        if let Some(up) = t.conns.iter().find(|c| c.endpoint() == addr) {
+            return up.clone();
+        }
+        let on = t.on.clone();
+        let up = self.spawn_tracked(addr, Some(on));
+        self.tracking.as_mut().expect("tracking").conns.push(up.clone());
+        up
+    }
+
+    fn send_tracked(&mut self, router: &Rc<ClusterRouter>, slot: u16, req: InFlight, frame: &[u8]) {
+        let Some(addr) = router.primary(slot) else {
+            router.request_refresh();
+            req.answer(format!("-CLUSTERDOWN Hash slot not served (slot {slot})\r\n").as_bytes());
+            self.worker.stats.record_local(req.cmd, true);
+            return;
+        };
+        let up = self.tracked_conn(&addr);
+        if let Some(caching) = self.tracking.as_mut().and_then(|t| t.caching.take()) {
+            up.send_internal(&self.client, &caching, req.start);
+        }
+        self.note_write(req.cmd, &up);
+        up.send_request(req, frame, false);
+    }
+
+    /// Before a command of a tracking client: options the nodes refused end tracking; a lost
+    /// node connection lost what it tracked, so the client goes (its cache can no longer be
+    /// trusted), as it would if its one Redis went away.
+    fn settle_tracking(&mut self) -> Option<Step> {
+        let t = self.tracking.as_ref()?;
+        if t.accepted.get() == Some(false) {
+            self.stop_tracking();
+            return None;
+        }
+        if t.conns.iter().any(|c| !c.is_usable()) {
+            self.client.close_after_flush();
+            return Some(Step::Close);
+        }
+        None
+    }
+
+    /// Ends CLIENT TRACKING: the client's node connections close.
+    pub(crate) fn stop_tracking(&mut self) {
+        if let Some(t) = self.tracking.take() {
+            if self.pinned.as_ref().is_some_and(|p| p.is_private()) {
+                self.pinned = None;
+            }
+            for c in t.conns {
+                c.close_private();
+            }
         }
     }
 
@@ -378,22 +550,29 @@ impl Session {
         if let Some(step) = self.settle_pin() {
             return Some(step);
         }
+        if self.tracking.is_some()
+            && let Some(step) = self.settle_tracking()
+        {
+            return Some(step);
+        }
         let in_tx = self.in_multi || self.watching || self.multi_pending;
         Some(match special {
             Special::Select => self.reply_local(cmd, SELECT_IN_CLUSTER),
             Special::Client => {
                 let sub = spans.get(frame, 1).unwrap_or_default().to_ascii_uppercase();
                 match sub.as_slice() {
+                    b"TRACKING" => self.cluster_tracking(frame, argc, spans, cmd),
+                    b"CACHING" | b"GETREDIR" | b"TRACKINGINFO" if self.tracking.is_some() => {
+                        self.tracking_client_command(frame, argc, spans, cmd, &sub)
+                    }
                     b"ID" | b"INFO" | b"REPLY" | b"CACHING" | b"NO-EVICT" | b"GETREDIR" | b"TRACKINGINFO" => {
                         self.cluster_client(frame, argc, spans, cmd, &sub)
                     }
-                    // Per-connection modes of a node: the client's commands share node
-                    // connections with other clients' and cannot carry them.
                     b"LIST" => self.cluster_client_list(frame, argc, spans, cmd),
                     b"KILL" => self.cluster_client_kill(frame, argc, spans, cmd),
-                    b"TRACKING" | b"NO-TOUCH" => {
-                        self.not_in_cluster(cmd, &format!("CLIENT {}", String::from_utf8_lossy(&sub)))
-                    }
+                    // A per-connection mode of a node: the client's commands share node
+                    // connections with other clients' and cannot carry it.
+                    b"NO-TOUCH" => self.not_in_cluster(cmd, &format!("CLIENT {}", String::from_utf8_lossy(&sub))),
                     _ => self.keyless(frame, cmd),
                 }
             }
@@ -550,6 +729,14 @@ impl Session {
     fn open_dedicated(&mut self, addr: &str, permanent: bool) -> Rc<Upstream> {
         if let Some(old) = self.pinned.take() {
             old.retire();
+        }
+        if self.tracking.is_some() && !permanent {
+            // A transaction or a blocking command: on the client's own node connection, where
+            // what it reads is tracked too.
+            let up = self.tracked_conn(addr);
+            self.pinned = Some(up.clone());
+            self.permanent = permanent;
+            return up;
         }
         let up = if permanent {
             let spec = Spec {
@@ -802,6 +989,9 @@ impl Session {
     }
 
     fn send_slot(&mut self, router: &Rc<ClusterRouter>, slot: u16, req: InFlight, frame: &[u8]) {
+        if self.tracking.is_some() {
+            return self.send_tracked(router, slot, req, frame);
+        }
         let read = req.cmd.has_flag(crate::command::flags::READONLY) && !req.cmd.has_flag(crate::command::flags::WRITE);
         let node = match read.then(|| router.read_node(slot, self.proto)).flatten() {
             Some(replica) => Some(replica),

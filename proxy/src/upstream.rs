@@ -201,6 +201,8 @@ struct Inner {
     raw: Option<Rc<Client>>,
     /// MONITOR over a cluster: this node's lines go to the client, whole.
     monitor: Option<Monitor>,
+    /// RESP3 pushes (a tracking client's invalidations) go to this client as they come.
+    pushes: Option<Rc<Client>>,
     /// The connection, while established.
     stream: Option<Rc<TcpStream>>,
     wake_queued: bool,
@@ -277,11 +279,14 @@ pub struct Spec {
     pub router: Option<Weak<ClusterRouter>>,
     /// For cluster replicas: send READONLY on connect.
     pub readonly: bool,
+    /// A command of the client's run on connect (CLIENT TRACKING on a tracking client's node
+    /// connections); its reply must not be an error.
+    pub setup: Option<Bytes>,
 }
 
 impl Spec {
     pub fn new(svc: Arc<ServiceRt>, kind: Kind, proto: u8) -> Spec {
-        Spec { svc, endpoint: None, kind, proto, client_name: None, router: None, readonly: false }
+        Spec { svc, endpoint: None, kind, proto, client_name: None, router: None, readonly: false, setup: None }
     }
 }
 
@@ -298,6 +303,7 @@ pub struct Upstream {
     endpoint: String,
     router: Option<Weak<ClusterRouter>>,
     readonly: bool,
+    setup: Option<Bytes>,
     pub kind: Kind,
     proto: u8,
     /// For dedicated upstreams: the client's name, set on connect.
@@ -309,6 +315,9 @@ pub struct Upstream {
     max_depth: Cell<u32>,
     /// Batches of requests written (shared connections).
     batches: Counter,
+    /// One client's for its whole life (a tracking client's node connection): never pooled,
+    /// and only [`Upstream::close_private`] closes it.
+    private: Cell<bool>,
 }
 
 /// Why a connection attempt failed.
@@ -331,6 +340,7 @@ impl Upstream {
             client_name: spec.client_name,
             router: spec.router,
             readonly: spec.readonly,
+            setup: spec.setup,
             inner: RefCell::new(Inner {
                 state: State::Connecting,
                 wbuf: BytesMut::new(),
@@ -342,6 +352,7 @@ impl Upstream {
                 inflight: VecDeque::new(),
                 raw: None,
                 monitor: None,
+                pushes: None,
                 stream: None,
                 wake_queued: false,
                 retired: false,
@@ -352,6 +363,7 @@ impl Upstream {
             ctx: ctx.clone(),
             max_depth: Cell::new(max_depth),
             batches,
+            private: Cell::new(false),
         });
         tokio::task::spawn_local(up.clone().run());
         up
@@ -557,12 +569,36 @@ impl Upstream {
         inner.inflight.is_empty() && inner.wbuf.len() == inner.written
     }
 
+    /// RESP3 pushes read on this connection go to `client` (out of the order of replies).
+    pub fn relay_pushes(&self, client: Rc<Client>) {
+        self.inner.borrow_mut().pushes = Some(client);
+    }
+
+    /// Makes this a connection of one client's for its life (see `private`).
+    pub fn make_private(&self) {
+        self.private.set(true);
+    }
+
+    pub fn is_private(&self) -> bool {
+        self.private.get()
+    }
+
+    /// Closes a private connection (its client stopped tracking, or left).
+    pub fn close_private(&self) {
+        self.private.set(false);
+        self.retire();
+    }
+
     pub fn retire(&self) {
+        if self.private.get() {
+            return;
+        }
         let mut inner = self.inner.borrow_mut();
         inner.retired = true;
         if self.kind == Kind::Dedicated {
             inner.raw = None;
             inner.monitor = None;
+            inner.pushes = None;
             // Replies to a departed client are of no use; drop them with the connection.
             inner.inflight.clear();
         }
@@ -718,6 +754,10 @@ impl Upstream {
             // A cluster replica serves reads only after READONLY.
             encode_command(&mut hello, &[&b"READONLY"[..]]);
             expected.push("READONLY");
+        }
+        if let Some(setup) = &self.setup {
+            hello.extend_from_slice(setup);
+            expected.push("CLIENT TRACKING");
         }
         if expected.is_empty() {
             return Ok(stream);
@@ -903,6 +943,19 @@ impl Upstream {
                 }
                 Err(e) => return Err(format!("unreadable reply from Redis: {e}")),
             };
+            if rbuf[0] == b'>'
+                && let Some(client) = &inner.pushes
+            {
+                client.relay(&rbuf[..len]);
+                if !touched.last().is_some_and(|l| Rc::ptr_eq(l, client)) {
+                    touched.push(client.clone());
+                }
+                rbuf.advance(len);
+                if rbuf.is_empty() {
+                    return Ok(());
+                }
+                continue;
+            }
             let Some(mut req) = inner.inflight.pop_front() else {
                 let mut text = String::new();
                 let _ = write!(text, "reply with no request waiting for it ({} bytes)", len);

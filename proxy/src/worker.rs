@@ -125,6 +125,9 @@ impl Worker {
 
     /// Takes back a dedicated connection whose state has ended.
     pub fn give_back(&self, up: Rc<Upstream>) {
+        if up.is_private() {
+            return;
+        }
         if !up.is_ready() || up.is_raw() {
             up.retire();
             return;

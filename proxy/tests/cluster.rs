@@ -732,8 +732,8 @@ fn client_commands_about_the_connection_answer_for_the_clients_own() {
         "-ERR CLIENT CACHING can be called only when the client is in tracking mode with OPTIN or OPTOUT mode enabled\r\n"
     );
     assert_eq!(a.cmd(&["CLIENT", "ID", "x"]), "-ERR wrong number of arguments for 'client|id' command\r\n");
-    let tracking = a.cmd(&["CLIENT", "TRACKING", "on"]);
-    assert!(tracking.starts_with("-ERR respmesh: CLIENT TRACKING is not supported in CLUSTER mode"), "{tracking}");
+    let touch = a.cmd(&["CLIENT", "NO-TOUCH", "on"]);
+    assert!(touch.starts_with("-ERR respmesh: CLIENT NO-TOUCH is not supported in CLUSTER mode"), "{touch}");
     // CLIENT LIST and CLIENT KILL: the proxy's clients of this service, never its node
     // connections.
     let id_b = b.cmd(&["CLIENT", "ID"]).trim_start_matches(':').trim().to_owned();
@@ -774,4 +774,89 @@ fn client_reply_off_and_skip_silence_replies_as_redis_does() {
     c.send(&["CLIENT", "REPLY", "OFF"]);
     assert_eq!(c.cmd(&["RESET"]), "+RESET\r\n", "RESET turns replies back on");
     assert_eq!(c.cmd(&["PING"]), "+PONG\r\n");
+}
+
+/// The keys named by the invalidation pushes read before the next `+PONG` (a PING is sent).
+fn invalidated_before_pong(c: &mut support::Conn) -> Vec<String> {
+    c.send(&["PING"]);
+    let mut keys = Vec::new();
+    loop {
+        let frame = String::from_utf8_lossy(&c.read_reply()).into_owned();
+        if frame == "+PONG\r\n" {
+            keys.sort();
+            return keys;
+        }
+        assert!(frame.starts_with(">2\r\n$10\r\ninvalidate\r\n*"), "not an invalidation: {frame}");
+        let lines: Vec<&str> = frame.split("\r\n").collect();
+        keys.extend(lines.iter().skip(5).step_by(2).filter(|l| !l.is_empty()).map(|l| l.to_string()));
+    }
+}
+
+#[test]
+fn client_tracking_gets_invalidations_from_every_node_it_read_from() {
+    let mut cluster = Cluster::start_with(3, 0);
+    let mut proxy = proxy_for(&cluster);
+    let keys: Vec<String> = key_per_primary(&cluster).into_iter().map(|(k, _)| k).collect();
+    let mut other = proxy.conn();
+    for k in &keys {
+        assert_eq!(other.cmd(&["SET", k, "v1"]), "+OK\r\n");
+    }
+    let mut c = proxy.conn();
+    let refused = c.cmd(&["CLIENT", "TRACKING", "on"]);
+    assert!(refused.contains("needs RESP3"), "{refused}");
+    c.cmd(&["HELLO", "3"]);
+    assert_eq!(c.cmd(&["CLIENT", "TRACKING", "on"]), "+OK\r\n");
+    for k in &keys {
+        assert_eq!(c.cmd(&["GET", k]), "$2\r\nv1\r\n");
+    }
+    for k in &keys {
+        assert_eq!(other.cmd(&["SET", k, "v2"]), "+OK\r\n");
+    }
+    let mut want = keys.clone();
+    want.sort();
+    assert_eq!(invalidated_before_pong(&mut c), want, "one invalidation per key read, from each node");
+    assert_eq!(invalidated_before_pong(&mut c), Vec::<String>::new(), "only once");
+
+    // A read inside a transaction is tracked too.
+    assert_eq!(c.cmd(&["MULTI"]), "+OK\r\n");
+    assert_eq!(c.cmd(&["GET", &keys[1]]), "+QUEUED\r\n");
+    assert_eq!(c.cmd(&["EXEC"]), "*1\r\n$2\r\nv2\r\n");
+    assert_eq!(other.cmd(&["SET", &keys[1], "v3"]), "+OK\r\n");
+    assert_eq!(invalidated_before_pong(&mut c), vec![keys[1].clone()]);
+
+    // OPTIN: only what follows CLIENT CACHING yes is tracked.
+    assert_eq!(c.cmd(&["CLIENT", "TRACKING", "on", "OPTIN"]), "+OK\r\n");
+    assert_eq!(c.cmd(&["CLIENT", "CACHING", "yes"]), "+OK\r\n");
+    assert_eq!(c.cmd(&["GET", &keys[0]]), "$2\r\nv2\r\n");
+    assert_eq!(c.cmd(&["GET", &keys[2]]), "$2\r\nv2\r\n");
+    for k in &keys {
+        assert_eq!(other.cmd(&["SET", k, "v4"]), "+OK\r\n");
+    }
+    assert_eq!(invalidated_before_pong(&mut c), vec![keys[0].clone()]);
+    // Options Redis refuses: its error, and tracking is off.
+    assert_eq!(
+        c.cmd(&["CLIENT", "TRACKING", "on", "BCAST", "OPTIN"]),
+        "-ERR OPTIN and OPTOUT are not compatible with BCAST\r\n"
+    );
+    assert_eq!(c.cmd(&["GET", &keys[0]]), "$2\r\nv4\r\n");
+    assert_eq!(other.cmd(&["SET", &keys[0], "v5"]), "+OK\r\n");
+    assert_eq!(invalidated_before_pong(&mut c), Vec::<String>::new());
+    // OFF: no more invalidations.
+    assert_eq!(c.cmd(&["CLIENT", "TRACKING", "on"]), "+OK\r\n");
+    assert_eq!(c.cmd(&["GET", &keys[0]]), "$2\r\nv5\r\n");
+    assert_eq!(c.cmd(&["CLIENT", "TRACKING", "off"]), "+OK\r\n");
+    assert_eq!(other.cmd(&["SET", &keys[0], "v6"]), "+OK\r\n");
+    assert_eq!(invalidated_before_pong(&mut c), Vec::<String>::new());
+
+    // A node lost while tracking: what it tracked is lost, so the client's cache cannot be
+    // trusted; the client is disconnected, as it would be if its one Redis went away.
+    assert_eq!(c.cmd(&["CLIENT", "TRACKING", "on"]), "+OK\r\n");
+    assert_eq!(c.cmd(&["GET", &keys[2]]), "$2\r\nv4\r\n");
+    proxy.allow_warning("upstream connection lost");
+    let port = cluster.primary_for(slot_of(&cluster, &keys[2])).port;
+    let owner = cluster.nodes.iter().position(|n| n.port == port).unwrap();
+    cluster.nodes[owner].kill();
+    std::thread::sleep(Duration::from_millis(300));
+    c.send(&["PING"]);
+    assert!(c.is_closed(), "the tracking client is let go");
 }

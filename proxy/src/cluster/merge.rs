@@ -34,6 +34,9 @@ pub enum Combine {
     /// WAIT (an integer) and WAITAOF (an array of integers): the smallest count, element by
     /// element: what holds for every primary the client wrote to.
     Min,
+    /// CLIENT TRACKING ON sent to every primary: as `Same`, and whether the nodes accepted it
+    /// is kept in the cell for the session.
+    Tracking(Rc<Cell<Option<bool>>>),
     /// HELLO answered by a cluster node: what one Redis would say (`mode` standalone, `id` the
     /// client's connection to the proxy).
     Hello { id: u64 },
@@ -66,6 +69,9 @@ impl Merge {
         if self.left.get() == 0 {
             let merged = combine(&self.combine, &parts);
             drop(parts);
+            if let Combine::Tracking(accepted) = &self.combine {
+                accepted.set(Some(!is_error(&merged)));
+            }
             self.client.deliver(self.seq, &merged);
         }
     }
@@ -81,7 +87,7 @@ pub fn combine(how: &Combine, parts: &[Option<Bytes>]) -> Vec<u8> {
     let unexpected =
         |what: &str| format!("-ERR respmesh: unexpected reply from a cluster node to {what}\r\n").into_bytes();
     match how {
-        Combine::Same => parts.first().map(|p| p.to_vec()).unwrap_or_default(),
+        Combine::Same | Combine::Tracking(_) => parts.first().map(|p| p.to_vec()).unwrap_or_default(),
         Combine::Sum => {
             let mut total: i64 = 0;
             for p in &parts {
