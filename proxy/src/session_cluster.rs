@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use crate::client::Seq;
 use crate::cluster::ClusterRouter;
 use crate::cluster::merge::{Combine, Merge, SCAN_NODE_BITS};
+use crate::cluster::tracked::Tracked;
 use crate::command::keys::key_positions;
 use crate::command::{CommandId, Special};
 use crate::resp::request::{Spans, args, encode_command};
@@ -22,11 +23,9 @@ use crate::upstream::{InFlight, Kind, Spec, Upstream};
 /// CLIENT TRACKING in CLUSTER mode: the client's commands on keys run on connections of its
 /// own, one per primary, each tracking for it; their invalidation pushes go to the client.
 pub(crate) struct Tracking {
-    /// The client's CLIENT TRACKING ON command, run on node connections opened later.
-    on: Bytes,
+    set: Rc<Tracked>,
     /// OPTIN or OPTOUT: CLIENT CACHING applies to the next command.
     optin_out: bool,
-    conns: Vec<Rc<Upstream>>,
     /// Whether the nodes accepted the options (unknown until they answered).
     accepted: Rc<Cell<Option<bool>>>,
     /// CLIENT CACHING, to send ahead of the next command on its node's connection.
@@ -194,16 +193,22 @@ impl Session {
         let now = self.now();
         let seq = self.client.issue();
         let merge = Merge::new(self.client.clone(), seq, Combine::Tracking(accepted.clone()), primaries.len());
-        let mut conns = Vec::new();
+        let set = Tracked::new(
+            Bytes::copy_from_slice(frame),
+            self.client.clone(),
+            self.svc.clone(),
+            self.name.clone(),
+            self.worker.ctx.clone(),
+            self.limits.max_nesting_depth,
+            &router,
+        );
         for (part, addr) in primaries.iter().enumerate() {
-            let up = self.spawn_tracked(addr, None);
             let mut req = InFlight::new(self.client.clone(), seq, cmd, now, true);
             req.merge = Some((merge.clone(), part));
-            up.send_request(req, frame, false);
-            conns.push(up);
+            set.open(addr, false).send_request(req, frame, false);
         }
         let optin_out = (3..argc).any(|i| matches!(arg(i).as_slice(), b"OPTIN" | b"OPTOUT"));
-        self.tracking = Some(Tracking { on: Bytes::copy_from_slice(frame), optin_out, conns, accepted, caching: None });
+        self.tracking = Some(Tracking { set, optin_out, accepted, caching: None });
         Step::Done
     }
 
@@ -229,39 +234,20 @@ impl Session {
             }
             _ => {
                 // Every node tracks with the same options: any one describes them.
-                let up = t.conns[0].clone();
-                self.send(&up, frame, cmd, true);
-                Step::Done
+                match t.set.first() {
+                    Some(up) => {
+                        self.send(&up, frame, cmd, true);
+                        Step::Done
+                    }
+                    None => self.reply_local(cmd, b"-CLUSTERDOWN The cluster is down\r\n"),
+                }
             }
         }
     }
 
-    /// A connection of the tracking client's own to `addr`, running `setup` on connect; the
-    /// node's pushes go to the client.
-    fn spawn_tracked(&mut self, addr: &str, setup: Option<Bytes>) -> Rc<Upstream> {
-        let spec = Spec {
-            endpoint: Some(addr.to_owned()),
-            client_name: self.name.clone(),
-            setup,
-            ..Spec::new(self.svc.clone(), Kind::Dedicated, 3)
-        };
-        let up = Upstream::spawn(spec, &self.worker.ctx, self.limits.max_nesting_depth);
-        up.make_private();
-        up.relay_pushes(self.client.clone());
-        up
-    }
-
-    /// The tracking client's connection to `addr`, opened (with its tracking options) if the
-    /// topology gained a primary since tracking began.
-    fn tracked_conn(&mut self, addr: &str) -> Rc<Upstream> {
-        let t = self.tracking.as_ref().expect("tracking");
-        if let Some(up) = t.conns.iter().find(|c| c.endpoint() == addr) {
-            return up.clone();
-        }
-        let on = t.on.clone();
-        let up = self.spawn_tracked(addr, Some(on));
-        self.tracking.as_mut().expect("tracking").conns.push(up.clone());
-        up
+    /// The tracking client's connection to `addr`.
+    fn tracked_conn(&self, addr: &str) -> Rc<Upstream> {
+        self.tracking.as_ref().expect("tracking").set.conn(addr)
     }
 
     fn send_tracked(&mut self, router: &Rc<ClusterRouter>, slot: u16, req: InFlight, frame: &[u8]) {
@@ -288,7 +274,7 @@ impl Session {
             self.stop_tracking();
             return None;
         }
-        if t.conns.iter().any(|c| !c.is_usable()) {
+        if t.set.lost() {
             self.client.close_after_flush();
             return Some(Step::Close);
         }
@@ -301,9 +287,7 @@ impl Session {
             if self.pinned.as_ref().is_some_and(|p| p.is_private()) {
                 self.pinned = None;
             }
-            for c in t.conns {
-                c.close_private();
-            }
+            t.set.close();
         }
     }
 

@@ -318,6 +318,8 @@ pub struct Upstream {
     /// One client's for its whole life (a tracking client's node connection): never pooled,
     /// and only [`Upstream::close_private`] closes it.
     private: Cell<bool>,
+    /// A tracking client's connection: redirections are followed on its other connections.
+    tracked: RefCell<Option<Weak<crate::cluster::tracked::Tracked>>>,
 }
 
 /// Why a connection attempt failed.
@@ -364,6 +366,7 @@ impl Upstream {
             max_depth: Cell::new(max_depth),
             batches,
             private: Cell::new(false),
+            tracked: RefCell::new(None),
         });
         tokio::task::spawn_local(up.clone().run());
         up
@@ -572,6 +575,10 @@ impl Upstream {
     /// RESP3 pushes read on this connection go to `client` (out of the order of replies).
     pub fn relay_pushes(&self, client: Rc<Client>) {
         self.inner.borrow_mut().pushes = Some(client);
+    }
+
+    pub fn set_tracked(&self, set: Weak<crate::cluster::tracked::Tracked>) {
+        *self.tracked.borrow_mut() = Some(set);
     }
 
     /// Makes this a connection of one client's for its life (see `private`).
@@ -904,6 +911,11 @@ impl Upstream {
         // Followed once this upstream's state is no longer borrowed: a redirect may well
         // point back here.
         for (req, redirect) in redirects {
+            let tracked = self.tracked.borrow().as_ref().and_then(Weak::upgrade);
+            if let Some(set) = tracked {
+                set.redirect(req, redirect, &self.endpoint);
+                continue;
+            }
             match self.router.as_ref().and_then(Weak::upgrade) {
                 Some(router) => router.redirect(req, redirect, self.proto, &self.endpoint),
                 None => req.answer(b"-ERR respmesh: redirected by a node that is no longer configured\r\n"),

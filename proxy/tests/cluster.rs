@@ -852,6 +852,20 @@ fn client_tracking_gets_invalidations_from_every_node_it_read_from() {
     // trusted; the client is disconnected, as it would be if its one Redis went away.
     assert_eq!(c.cmd(&["CLIENT", "TRACKING", "on"]), "+OK\r\n");
     assert_eq!(c.cmd(&["GET", &keys[2]]), "$2\r\nv4\r\n");
+
+    // A slot that moves: the MOVED is followed on the client's own connection to the new
+    // owner, so the read is tracked there.
+    let slot = slot_of(&cluster, "moving");
+    let source = cluster.primary_for(slot).port;
+    let target = cluster.nodes.iter().find(|n| n.port != source).unwrap();
+    let target_id = target.conn().cmd(&["CLUSTER", "MYID"]).lines().nth(1).unwrap().to_owned();
+    for n in &cluster.nodes {
+        assert_eq!(n.conn().cmd(&["CLUSTER", "SETSLOT", &slot.to_string(), "NODE", &target_id]), "+OK\r\n");
+    }
+    assert_eq!(c.cmd(&["GET", "moving"]), "_\r\n", "no MOVED reaches the client");
+    assert_eq!(other.cmd(&["SET", "moving", "here"]), "+OK\r\n");
+    assert_eq!(invalidated_before_pong(&mut c), vec!["moving".to_owned()]);
+
     proxy.allow_warning("upstream connection lost");
     let port = cluster.primary_for(slot_of(&cluster, &keys[2])).port;
     let owner = cluster.nodes.iter().position(|n| n.port == port).unwrap();

@@ -10,6 +10,7 @@ pub mod merge;
 pub mod ring;
 pub mod slot;
 pub mod topology;
+pub mod tracked;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -36,7 +37,7 @@ use topology::Topology;
 /// Periodic topology refresh.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(5);
 /// First wait before retrying a request that got TRYAGAIN; it doubles with each retry.
-const TRYAGAIN_BACKOFF: Duration = Duration::from_millis(10);
+pub(crate) const TRYAGAIN_BACKOFF: Duration = Duration::from_millis(10);
 /// Refreshes triggered by MOVED or failures are at least this far apart.
 const REFRESH_MIN_GAP: Duration = Duration::from_millis(100);
 
@@ -264,12 +265,7 @@ impl ClusterRouter {
         };
         match redirect {
             Redirect::Moved { slot, addr } => {
-                debug!(slot, to = %addr, "MOVED: updating the slot map and refreshing");
-                if let Some(t) = self.topology.borrow_mut().as_mut() {
-                    t.moved(slot, &addr);
-                }
-                *self.by_shard.borrow_mut() = [Vec::new(), Vec::new()];
-                self.refresh.notify();
+                self.moved(slot, &addr);
                 self.node(&addr, proto).send_request(req, &frame, false);
             }
             Redirect::Ask { addr, .. } => self.node(&addr, proto).send_request(req, &frame, true),
@@ -282,6 +278,16 @@ impl ClusterRouter {
                 });
             }
         }
+    }
+
+    /// A MOVED reply: the slot is `addr`'s now; the whole map is refreshed soon.
+    pub fn moved(&self, slot: u16, addr: &str) {
+        debug!(slot, to = %addr, "MOVED: updating the slot map and refreshing");
+        if let Some(t) = self.topology.borrow_mut().as_mut() {
+            t.moved(slot, addr);
+        }
+        *self.by_shard.borrow_mut() = [Vec::new(), Vec::new()];
+        self.refresh.notify();
     }
 
     /// Asks for a topology refresh soon (after MOVED, a connection failure, ...).
