@@ -751,6 +751,10 @@ impl Session {
             self.permanent = true;
         }
         self.set_proto(proto);
+        if proto < 3 {
+            // Invalidations can only reach a RESP3 client (CLUSTER mode tracking is RESP3).
+            self.stop_tracking();
+        }
         if let Some(name) = setname {
             self.set_name(if name.is_empty() { None } else { Some(Bytes::copy_from_slice(name)) });
         }

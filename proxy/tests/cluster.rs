@@ -841,6 +841,11 @@ fn client_tracking_gets_invalidations_from_every_node_it_read_from() {
     assert_eq!(c.cmd(&["GET", &keys[0]]), "$2\r\nv4\r\n");
     assert_eq!(other.cmd(&["SET", &keys[0], "v5"]), "+OK\r\n");
     assert_eq!(invalidated_before_pong(&mut c), Vec::<String>::new());
+    // Back to RESP2: replies in RESP2 again, and tracking ends (no push could reach it).
+    assert_eq!(c.cmd(&["CLIENT", "TRACKING", "on"]), "+OK\r\n");
+    c.cmd(&["HELLO", "2"]);
+    assert_eq!(c.cmd(&["GET", "nothing-here"]), "$-1\r\n");
+    c.cmd(&["HELLO", "3"]);
     // OFF: no more invalidations.
     assert_eq!(c.cmd(&["CLIENT", "TRACKING", "on"]), "+OK\r\n");
     assert_eq!(c.cmd(&["GET", &keys[0]]), "$2\r\nv5\r\n");
