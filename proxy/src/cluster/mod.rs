@@ -37,7 +37,7 @@ use topology::Topology;
 /// Periodic topology refresh.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(5);
 /// First wait before retrying a request that got TRYAGAIN; it doubles with each retry.
-pub(crate) const TRYAGAIN_BACKOFF: Duration = Duration::from_millis(10);
+const TRYAGAIN_BACKOFF: Duration = Duration::from_millis(10);
 /// Refreshes triggered by MOVED or failures are at least this far apart.
 const REFRESH_MIN_GAP: Duration = Duration::from_millis(100);
 
@@ -257,7 +257,13 @@ impl ClusterRouter {
     }
 
     /// Follows a MOVED or ASK for a request, or retries it after a TRYAGAIN (with backoff).
-    pub fn redirect(&self, mut req: InFlight, redirect: Redirect, proto: u8, from: &str) {
+    pub fn redirect(&self, req: InFlight, redirect: Redirect, proto: u8, from: &str) {
+        self.redirect_via(req, redirect, from, |addr| self.node(addr, proto));
+    }
+
+    /// Follows a redirection on the connection `node` gives for an address (a tracking
+    /// client's follow on its own connections).
+    pub fn redirect_via(&self, mut req: InFlight, redirect: Redirect, from: &str, node: impl Fn(&str) -> Rc<Upstream>) {
         req.redirects += 1;
         let Some(frame) = req.frame.take() else {
             req.answer(b"-ERR respmesh: cannot follow a redirection for this request\r\n");
@@ -266,11 +272,11 @@ impl ClusterRouter {
         match redirect {
             Redirect::Moved { slot, addr } => {
                 self.moved(slot, &addr);
-                self.node(&addr, proto).send_request(req, &frame, false);
+                node(&addr).send_request(req, &frame, false);
             }
-            Redirect::Ask { addr, .. } => self.node(&addr, proto).send_request(req, &frame, true),
+            Redirect::Ask { addr, .. } => node(&addr).send_request(req, &frame, true),
             Redirect::TryAgain => {
-                let node = self.node(from, proto);
+                let node = node(from);
                 let delay = TRYAGAIN_BACKOFF * (1 << req.redirects.min(5));
                 tokio::task::spawn_local(async move {
                     tokio::time::sleep(delay).await;

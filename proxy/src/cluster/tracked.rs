@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{ClusterRouter, TRYAGAIN_BACKOFF};
+use super::ClusterRouter;
 use crate::client::Client;
 use crate::config::ServiceRt;
 use crate::upstream::{Ctx, InFlight, Kind, Redirect, Spec, Upstream};
@@ -92,29 +92,12 @@ impl Tracked {
         }
     }
 
-    /// Follows a redirection of a request sent on the connection to `from`.
-    pub fn redirect(&self, mut req: InFlight, redirect: Redirect, from: &str) {
-        req.redirects += 1;
-        let Some(frame) = req.frame.take() else {
-            req.answer(b"-ERR respmesh: cannot follow a redirection for this request\r\n");
-            return;
-        };
-        match redirect {
-            Redirect::Moved { slot, addr } => {
-                if let Some(router) = self.router.upgrade() {
-                    router.moved(slot, &addr);
-                }
-                self.conn(&addr).send_request(req, &frame, false);
-            }
-            Redirect::Ask { addr, .. } => self.conn(&addr).send_request(req, &frame, true),
-            Redirect::TryAgain => {
-                let node = self.conn(from);
-                let delay = TRYAGAIN_BACKOFF * (1 << req.redirects.min(5));
-                tokio::task::spawn_local(async move {
-                    tokio::time::sleep(delay).await;
-                    node.send_request(req, &frame, false);
-                });
-            }
+    /// Follows a redirection of a request sent on the connection to `from`, on the client's
+    /// own connection to the node it names.
+    pub fn redirect(&self, req: InFlight, redirect: Redirect, from: &str) {
+        match self.router.upgrade() {
+            Some(router) => router.redirect_via(req, redirect, from, |addr| self.conn(addr)),
+            None => req.answer(b"-ERR respmesh: redirected by a node that is no longer configured\r\n"),
         }
     }
 }
