@@ -557,7 +557,7 @@ impl Session {
                     return Err(self.drain());
                 }
                 let up = if permanent {
-                    self.worker.new_dedicated(&self.svc, proto, self.name.clone(), self.limits.max_nesting_depth)
+                    self.worker.new_dedicated(&self.svc, None, proto, self.name.clone(), self.limits.max_nesting_depth)
                 } else {
                     self.worker.take_dedicated(&self.svc, None, proto, self.limits.max_nesting_depth)
                 };

@@ -18,7 +18,7 @@ use crate::command::keys::key_positions;
 use crate::command::{CommandId, Special};
 use crate::resp::request::{Spans, args, encode_command};
 use crate::session::{Session, Step, answered_by_proxy};
-use crate::upstream::{InFlight, Kind, Spec, Upstream};
+use crate::upstream::{InFlight, Upstream};
 
 /// CLIENT TRACKING in CLUSTER mode: the client's commands on keys run on connections of its
 /// own, one per primary, each tracking for it; their invalidation pushes go to the client.
@@ -506,12 +506,13 @@ impl Session {
         }
         let step = self.reply_local(cmd, crate::replies::OK);
         for (addr, primary) in nodes {
-            let spec = Spec {
-                endpoint: Some(addr),
-                client_name: self.name.clone(),
-                ..Spec::new(self.svc.clone(), Kind::Dedicated, self.proto)
-            };
-            let up = Upstream::spawn(spec, &self.worker.ctx, self.limits.max_nesting_depth);
+            let up = self.worker.new_dedicated(
+                &self.svc,
+                Some(&addr),
+                self.proto,
+                self.name.clone(),
+                self.limits.max_nesting_depth,
+            );
             up.start_monitor(self.client.clone(), primary.map(|p| format!(" {p}] ").into_bytes()));
             self.monitors.push(up);
         }
@@ -723,12 +724,13 @@ impl Session {
             return up;
         }
         let up = if permanent {
-            let spec = Spec {
-                endpoint: Some(addr.to_owned()),
-                client_name: self.name.clone(),
-                ..Spec::new(self.svc.clone(), Kind::Dedicated, self.proto)
-            };
-            Upstream::spawn(spec, &self.worker.ctx, self.limits.max_nesting_depth)
+            self.worker.new_dedicated(
+                &self.svc,
+                Some(addr),
+                self.proto,
+                self.name.clone(),
+                self.limits.max_nesting_depth,
+            )
         } else {
             // A transaction or a blocking command: a pooled connection, given back after.
             self.worker.take_dedicated(&self.svc, Some(addr), self.proto, self.limits.max_nesting_depth)

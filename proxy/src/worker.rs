@@ -92,9 +92,20 @@ impl Worker {
         r
     }
 
-    /// A dedicated connection for the rest of a client's life.
-    pub fn new_dedicated(&self, svc: &Arc<ServiceRt>, proto: u8, name: Option<Bytes>, max_depth: u32) -> Rc<Upstream> {
-        let spec = Spec { client_name: name, ..Spec::new(svc.clone(), Kind::Dedicated, proto) };
+    /// A new dedicated connection to `endpoint` (the service's first if `None`), named `name`.
+    pub fn new_dedicated(
+        &self,
+        svc: &Arc<ServiceRt>,
+        endpoint: Option<&str>,
+        proto: u8,
+        name: Option<Bytes>,
+        max_depth: u32,
+    ) -> Rc<Upstream> {
+        let spec = Spec {
+            endpoint: endpoint.map(str::to_owned),
+            client_name: name,
+            ..Spec::new(svc.clone(), Kind::Dedicated, proto)
+        };
         Upstream::spawn(spec, &self.ctx, max_depth)
     }
 
@@ -119,8 +130,7 @@ impl Worker {
             }
         }
         drop(pool);
-        let spec = Spec { endpoint: Some(endpoint), ..Spec::new(svc.clone(), Kind::Dedicated, proto) };
-        Upstream::spawn(spec, &self.ctx, max_depth)
+        self.new_dedicated(svc, Some(&endpoint), proto, None, max_depth)
     }
 
     /// Takes back a dedicated connection whose state has ended.
