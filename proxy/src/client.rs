@@ -43,7 +43,6 @@ pub struct Client {
     /// The proxy's own id for this connection (CLIENT ID where no one Redis connection is
     /// the client's), unique in the process.
     pub id: u64,
-    pub since: std::time::Instant,
     /// This connection in the process's registry of clients (set once its session starts).
     pub entry: std::cell::OnceCell<std::sync::Arc<crate::registry::Entry>>,
 }
@@ -188,7 +187,6 @@ impl Client {
             waiting_drain: Cell::new(false),
             flush_queued: Cell::new(false),
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            since: std::time::Instant::now(),
             entry: std::cell::OnceCell::new(),
         }
     }

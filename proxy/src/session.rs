@@ -120,7 +120,7 @@ impl Session {
             addr(client.stream.peer_addr()),
             addr(client.stream.local_addr()),
             std::os::fd::AsRawFd::as_raw_fd(&client.stream),
-            client.since,
+            std::time::Instant::now(),
             worker.kills.clone(),
         );
         let _ = client.entry.set(entry);
@@ -204,12 +204,7 @@ impl Session {
             }
         }
         self.client.set_gone();
-        if let Some(p) = self.pinned.take() {
-            p.retire();
-        }
-        for m in self.monitors.drain(..) {
-            m.retire();
-        }
+        self.unpin();
         self.release_waits();
         self.stop_tracking();
         if let Some(e) = self.client.entry.get() {

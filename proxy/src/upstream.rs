@@ -315,10 +315,9 @@ pub struct Upstream {
     max_depth: Cell<u32>,
     /// Batches of requests written (shared connections).
     batches: Counter,
-    /// One client's for its whole life (a tracking client's node connection): never pooled,
-    /// and only [`Upstream::close_private`] closes it.
-    private: Cell<bool>,
-    /// A tracking client's connection: redirections are followed on its other connections.
+    /// A tracking client's node connection, one of the set it belongs to: the client's for its
+    /// whole life (never pooled; only [`Upstream::close_private`] closes it), and redirections
+    /// are followed on the set's other connections.
     tracked: RefCell<Option<Weak<crate::cluster::tracked::Tracked>>>,
 }
 
@@ -365,7 +364,6 @@ impl Upstream {
             ctx: ctx.clone(),
             max_depth: Cell::new(max_depth),
             batches,
-            private: Cell::new(false),
             tracked: RefCell::new(None),
         });
         tokio::task::spawn_local(up.clone().run());
@@ -572,32 +570,25 @@ impl Upstream {
         inner.inflight.is_empty() && inner.wbuf.len() == inner.written
     }
 
-    /// RESP3 pushes read on this connection go to `client` (out of the order of replies).
-    pub fn relay_pushes(&self, client: Rc<Client>) {
+    /// Makes this a connection of a tracking client's own, in `set`: the node's RESP3 pushes
+    /// (invalidations) go to `client` as they come, out of the order of replies.
+    pub fn make_tracked(&self, client: Rc<Client>, set: Weak<crate::cluster::tracked::Tracked>) {
         self.inner.borrow_mut().pushes = Some(client);
-    }
-
-    pub fn set_tracked(&self, set: Weak<crate::cluster::tracked::Tracked>) {
         *self.tracked.borrow_mut() = Some(set);
     }
 
-    /// Makes this a connection of one client's for its life (see `private`).
-    pub fn make_private(&self) {
-        self.private.set(true);
-    }
-
     pub fn is_private(&self) -> bool {
-        self.private.get()
+        self.tracked.borrow().is_some()
     }
 
-    /// Closes a private connection (its client stopped tracking, or left).
+    /// Closes a tracking client's connection (it stopped tracking, or left).
     pub fn close_private(&self) {
-        self.private.set(false);
+        *self.tracked.borrow_mut() = None;
         self.retire();
     }
 
     pub fn retire(&self) {
-        if self.private.get() {
+        if self.is_private() {
             return;
         }
         let mut inner = self.inner.borrow_mut();

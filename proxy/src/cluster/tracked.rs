@@ -62,9 +62,7 @@ impl Tracked {
             ..Spec::new(self.svc.clone(), Kind::Dedicated, 3)
         };
         let up = Upstream::spawn(spec, &self.ctx, self.max_depth);
-        up.make_private();
-        up.relay_pushes(self.client.clone());
-        up.set_tracked(self.me.clone());
+        up.make_tracked(self.client.clone(), self.me.clone());
         self.conns.borrow_mut().push(up.clone());
         up
     }
