@@ -3,8 +3,10 @@
 /// Number of slots in a Redis Cluster.
 pub const SLOTS: usize = 16384;
 
-const fn crc16_table() -> [u16; 256] {
-    let mut table = [0u16; 256];
+/// `TABLES[k][b]`: the CRC of byte `b` followed by `k` zero bytes. Eight bytes then cost eight
+/// independent lookups instead of a chain of eight dependent ones (slicing-by-8).
+const fn crc16_tables() -> [[u16; 256]; 8] {
+    let mut t = [[0u16; 256]; 8];
     let mut i = 0;
     while i < 256 {
         let mut crc = (i as u16) << 8;
@@ -13,17 +15,41 @@ const fn crc16_table() -> [u16; 256] {
             crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
             bit += 1;
         }
-        table[i] = crc;
+        t[0][i] = crc;
         i += 1;
     }
-    table
+    let mut k = 1;
+    while k < 8 {
+        let mut i = 0;
+        while i < 256 {
+            let prev = t[k - 1][i];
+            t[k][i] = (prev << 8) ^ t[0][(prev >> 8) as usize];
+            i += 1;
+        }
+        k += 1;
+    }
+    t
 }
 
-static CRC16: [u16; 256] = crc16_table();
+static TABLES: [[u16; 256]; 8] = crc16_tables();
 
 /// CRC16-CCITT (XMODEM), as Redis Cluster uses it.
 pub fn crc16(data: &[u8]) -> u16 {
-    data.iter().fold(0u16, |crc, &b| (crc << 8) ^ CRC16[((crc >> 8) as u8 ^ b) as usize])
+    let t = &TABLES;
+    let mut crc = 0u16;
+    let mut chunks = data.chunks_exact(8);
+    for c in &mut chunks {
+        let [hi, lo] = crc.to_be_bytes();
+        crc = t[7][(c[0] ^ hi) as usize]
+            ^ t[6][(c[1] ^ lo) as usize]
+            ^ t[5][c[2] as usize]
+            ^ t[4][c[3] as usize]
+            ^ t[3][c[4] as usize]
+            ^ t[2][c[5] as usize]
+            ^ t[1][c[6] as usize]
+            ^ t[0][c[7] as usize];
+    }
+    chunks.remainder().iter().fold(crc, |crc, &b| (crc << 8) ^ t[0][((crc >> 8) as u8 ^ b) as usize])
 }
 
 /// The part of a key that is hashed: the content of the first `{...}` if non-empty, else all.
@@ -56,6 +82,26 @@ mod tests {
         assert_eq!(key_slot(b""), 0);
         assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"{user1000}.followers"));
         assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
+    }
+
+    #[test]
+    fn eight_bytes_at_a_time_equals_bit_by_bit() {
+        fn bitwise(data: &[u8]) -> u16 {
+            let mut crc = 0u16;
+            for &b in data {
+                crc ^= u16::from(b) << 8;
+                for _ in 0..8 {
+                    crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+                }
+            }
+            crc
+        }
+        let data: Vec<u8> = (0..300u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        for start in 0..9 {
+            for end in start..data.len() {
+                assert_eq!(crc16(&data[start..end]), bitwise(&data[start..end]), "{start}..{end}");
+            }
+        }
     }
 
     #[test]
