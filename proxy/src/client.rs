@@ -26,6 +26,11 @@ const KEEP_OUT_CAPACITY: usize = 64 * 1024;
 /// disconnected: Redis's default hard limit for pub/sub clients.
 pub const RELAY_LIMIT: usize = 32 << 20;
 
+/// Replies held back for the rest of their read batch (see [`Client::end_batch`]) are written
+/// anyway once this many bytes wait, or once they have waited [`HOLD_TIME`].
+const HOLD_LIMIT: usize = 64 * 1024;
+const HOLD_TIME: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// A parked-reply arena larger than this is compacted when most of it was written already
 /// (replies that keep overtaking one slow one would otherwise grow it without end).
 const ARENA_COMPACT: usize = 64 * 1024;
@@ -40,6 +45,8 @@ pub struct Client {
     pub waiting_drain: Cell<bool>,
     /// Queued on some upstream's list of clients to flush after its current batch.
     pub flush_queued: Cell<bool>,
+    /// On the flusher's list of clients whose output waits for the rest of a read batch.
+    held: Cell<bool>,
     /// The proxy's own id for this connection (CLIENT ID where no one Redis connection is
     /// the client's), unique in the process.
     pub id: u64,
@@ -77,6 +84,11 @@ struct Out {
     silencing: bool,
     /// Requests whose reply is dropped, in order.
     silent: VecDeque<Seq>,
+    /// Where the client's read batches end (the `next` after each), oldest first; those
+    /// already answered in full are dropped as `head` passes them.
+    batch_ends: VecDeque<Seq>,
+    /// Relayed bytes (messages, MONITOR lines) are waiting: write without holding.
+    urgent: bool,
 }
 
 /// Consecutive requests `first..first + len` whose replies the client gets as one.
@@ -88,6 +100,21 @@ struct Group {
 }
 
 impl Out {
+    /// Whether what is buffered should be written now rather than held for the rest of its
+    /// read batch: some batch was answered in full since the last write, nothing is
+    /// outstanding, or there is reason not to wait.
+    fn batch_done(&mut self) -> bool {
+        if self.buf.is_empty() {
+            return true;
+        }
+        let mut done = self.next == self.head || self.urgent || self.close_after_flush || self.buf.len() >= HOLD_LIMIT;
+        while self.batch_ends.front().is_some_and(|&end| end <= self.head) {
+            self.batch_ends.pop_front();
+            done = true;
+        }
+        done || self.batch_ends.is_empty()
+    }
+
     fn put(&mut self, seq: Seq, reply: &[u8]) {
         debug_assert!(seq >= self.head && seq < self.next, "reply for an unknown request");
         let i = (seq - self.head) as usize;
@@ -186,6 +213,7 @@ impl Client {
             wake: Signal::new(),
             waiting_drain: Cell::new(false),
             flush_queued: Cell::new(false),
+            held: Cell::new(false),
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             entry: std::cell::OnceCell::new(),
         }
@@ -214,6 +242,18 @@ impl Client {
         let mut out = self.out.borrow_mut();
         let first = out.next;
         out.groups.push_back(Group { first, len, combine, parts: Vec::with_capacity(len) });
+    }
+
+    /// The requests issued so far form a batch (everything one read brought, or what came
+    /// before a command that may block): replies from several upstreams (cluster nodes) are
+    /// written together once the whole batch is answered, as Redis writes the replies to
+    /// one read in one go, instead of one write per node.
+    pub fn end_batch(&self) {
+        let mut out = self.out.borrow_mut();
+        let next = out.next;
+        if next > out.head && out.batch_ends.back().is_none_or(|&end| end < next) {
+            out.batch_ends.push_back(next);
+        }
     }
 
     /// Requests issued since `since` (a value of [`Client::next_seq`]).
@@ -263,6 +303,7 @@ impl Client {
             return;
         }
         out.buf.extend_from_slice(bytes);
+        out.urgent = true;
     }
 
     /// A reply made by the proxy, placed after every reply still outstanding.
@@ -293,6 +334,11 @@ impl Client {
             }
         }
         out.blocked = false;
+        out.urgent = false;
+        let head = out.head;
+        while out.batch_ends.front().is_some_and(|&end| end <= head) {
+            out.batch_ends.pop_front();
+        }
         if out.buf.capacity() > KEEP_OUT_CAPACITY {
             out.buf = BytesMut::new();
         }
@@ -347,16 +393,19 @@ impl Client {
 
 /// Writes replies to clients once per scheduler round instead of once per upstream batch:
 /// a client whose pipeline spans several upstreams (cluster nodes) gets one write for the
-/// replies that arrived from all of them.
+/// replies that arrived from all of them. A client still waiting for other replies of the same
+/// read batch is held (see [`Client::end_batch`]), for at most [`HOLD_TIME`].
 pub struct Flusher {
     dirty: RefCell<Vec<Rc<Client>>>,
+    held: RefCell<Vec<Rc<Client>>>,
     signal: Signal,
 }
 
 impl Flusher {
     /// Creates the flusher of the current worker and starts its task.
     pub fn spawn() -> Rc<Flusher> {
-        let f = Rc::new(Flusher { dirty: RefCell::new(Vec::new()), signal: Signal::new() });
+        let f =
+            Rc::new(Flusher { dirty: RefCell::new(Vec::new()), held: RefCell::new(Vec::new()), signal: Signal::new() });
         tokio::task::spawn_local(f.clone().run());
         f
     }
@@ -374,12 +423,37 @@ impl Flusher {
 
     async fn run(self: Rc<Self>) {
         let mut batch = Vec::new();
+        let timer = tokio::time::sleep(HOLD_TIME);
+        tokio::pin!(timer);
+        let mut armed = false;
         loop {
-            self.signal.wait().await;
-            std::mem::swap(&mut batch, &mut *self.dirty.borrow_mut());
-            for c in batch.drain(..) {
-                c.flush_queued.set(false);
-                c.flush_from_upstream();
+            tokio::select! {
+                biased;
+                _ = self.signal.wait() => {
+                    std::mem::swap(&mut batch, &mut *self.dirty.borrow_mut());
+                    for c in batch.drain(..) {
+                        c.flush_queued.set(false);
+                        if c.out.borrow_mut().batch_done() {
+                            c.held.set(false);
+                            c.flush_from_upstream();
+                        } else if !c.held.replace(true) {
+                            self.held.borrow_mut().push(c);
+                        }
+                    }
+                }
+                _ = &mut timer, if armed => {
+                    armed = false;
+                    std::mem::swap(&mut batch, &mut *self.held.borrow_mut());
+                    for c in batch.drain(..) {
+                        if c.held.replace(false) {
+                            c.flush_from_upstream();
+                        }
+                    }
+                }
+            }
+            if !armed && !self.held.borrow().is_empty() {
+                timer.as_mut().reset(tokio::time::Instant::now() + HOLD_TIME);
+                armed = true;
             }
         }
     }
@@ -433,6 +507,62 @@ mod tests {
         }
         let expected: Vec<u8> = (0..2 * rounds).flat_map(reply).collect();
         assert_eq!(&out.buf[..], &expected[..]);
+    }
+
+    fn batch(out: &mut Out, n: u64) {
+        out.next += n;
+        out.batch_ends.push_back(out.next);
+    }
+
+    #[test]
+    fn replies_wait_for_the_rest_of_their_read_batch() {
+        let mut out = Out::default();
+        batch(&mut out, 3);
+        out.put(0, b"a");
+        out.put(2, b"c");
+        assert!(!out.batch_done(), "reply 1 is still missing");
+        out.put(1, b"b");
+        assert!(out.batch_done());
+        assert_eq!(&out.buf[..], b"abc");
+    }
+
+    #[test]
+    fn a_finished_batch_is_written_while_the_next_one_is_incomplete() {
+        let mut out = Out::default();
+        batch(&mut out, 2);
+        batch(&mut out, 2);
+        out.put(0, b"a");
+        out.put(1, b"b");
+        out.put(2, b"c");
+        assert!(out.batch_done(), "the first batch is complete");
+        out.buf.clear();
+        out.put(3, b"d");
+        assert!(out.batch_done());
+    }
+
+    #[test]
+    fn partial_replies_of_a_new_batch_are_held() {
+        let mut out = Out::default();
+        batch(&mut out, 1);
+        out.put(0, b"a");
+        assert!(out.batch_done());
+        out.buf.clear();
+        batch(&mut out, 2);
+        out.put(1, b"b");
+        assert!(!out.batch_done());
+    }
+
+    #[test]
+    fn relayed_bytes_and_large_output_are_not_held() {
+        let mut out = Out::default();
+        batch(&mut out, 2);
+        out.put(0, b"a");
+        assert!(!out.batch_done());
+        out.urgent = true;
+        assert!(out.batch_done(), "messages go out as they come");
+        out.urgent = false;
+        out.buf.extend_from_slice(&vec![b'x'; HOLD_LIMIT]);
+        assert!(out.batch_done(), "a large output does not wait");
     }
 
     #[test]

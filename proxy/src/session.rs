@@ -281,6 +281,7 @@ impl Session {
                 }
             }
         }
+        self.client.end_batch();
         // Keep the unparsed tail (and any capacity reserved for it).
         let mut buf = buf;
         buf.advance(off);
@@ -376,6 +377,10 @@ impl Session {
         special: Special,
     ) -> Step {
         let arg = |i: usize| spans.get(frame, i).unwrap_or_default();
+        if matches!(special, Special::Blocking | Special::Wait) {
+            // What came before a command that may block is written without waiting for it.
+            self.client.end_batch();
+        }
         if self.svc.distributed()
             && let Some(step) = self.cluster_command(frame, argc, spans, cmd, special)
         {

@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Cluster, Proxy};
+use support::{Cluster, Conn, Proxy};
 
 /// A configuration file for one CLUSTER service over `cluster`, with extra service fields.
 fn cluster_config(cluster: &Cluster, extra: &str) -> String {
@@ -261,6 +261,21 @@ fn a_blocked_client_waits_on_its_keys_node_without_blocking_others() {
     assert_eq!(blocked.read_reply(), b"*-1\r\n");
     assert_eq!(blocked.read_reply(), b"$1\r\nv\r\n");
     assert_eq!(blocked.cmd(&["BLPOP", "a", "b", "0"]), "-CROSSSLOT Keys in request don't hash to the same slot\r\n");
+    // Replies pipelined before a blocking command (keys on every primary) arrive while it
+    // blocks, as from one Redis: they are not held for the rest of the pipeline.
+    let keys = ["k1", "k2", "k3", "k4", "k5", "k6"];
+    let mut pipeline = Vec::new();
+    for k in keys {
+        pipeline.extend(Conn::encode(&[b"GET", k.as_bytes()]));
+    }
+    pipeline.extend(Conn::encode(&[b"BLPOP", b"jobs3", b"0"]));
+    blocked.send_raw(&pipeline);
+    blocked.set_timeout(Duration::from_secs(2));
+    for k in keys {
+        assert_eq!(blocked.read_reply(), b"$1\r\nv\r\n", "the reply to GET {k}");
+    }
+    assert_eq!(other.cmd(&["RPUSH", "jobs3", "j3"]), ":1\r\n");
+    assert_eq!(String::from_utf8_lossy(&blocked.read_reply()), "*2\r\n$5\r\njobs3\r\n$2\r\nj3\r\n");
 }
 
 #[test]
@@ -436,7 +451,14 @@ fn a_node_that_stops_answering_does_not_stall_the_others() {
     let pid = stuck.pid();
     std::process::Command::new("kill").args(["-STOP", &pid.to_string()]).status().unwrap();
     let mut waiting = proxy.conn();
-    waiting.send(&["GET", "foo"]);
+    // Pipelined: a reply from a healthy node, then the request that waits.
+    let mut pipeline = Conn::encode(&[b"GET", other_key.as_bytes()]);
+    pipeline.extend(Conn::encode(&[b"GET", b"foo"]));
+    let sent = std::time::Instant::now();
+    waiting.send_raw(&pipeline);
+    // The reply before the stuck one is not held back for it (the opTimeout is 500ms).
+    assert_eq!(waiting.read_reply(), b"$1\r\n1\r\n");
+    assert!(sent.elapsed() < Duration::from_millis(300), "the first reply took {:?}", sent.elapsed());
     let mut fast = proxy.conn();
     let start = std::time::Instant::now();
     for _ in 0..20 {
