@@ -45,8 +45,9 @@ pub struct Client {
     pub waiting_drain: Cell<bool>,
     /// Queued on some upstream's list of clients to flush after its current batch.
     pub flush_queued: Cell<bool>,
-    /// On the flusher's list of clients whose output waits for the rest of a read batch.
-    held: Cell<bool>,
+    /// While this client's output waits for the rest of a read batch: the mark of its entry
+    /// in the flusher's [`Holds`] (0: not held).
+    held: Cell<u64>,
     /// The proxy's own id for this connection (CLIENT ID where no one Redis connection is
     /// the client's), unique in the process.
     pub id: u64,
@@ -213,7 +214,7 @@ impl Client {
             wake: Signal::new(),
             waiting_drain: Cell::new(false),
             flush_queued: Cell::new(false),
-            held: Cell::new(false),
+            held: Cell::new(0),
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             entry: std::cell::OnceCell::new(),
         }
@@ -391,21 +392,21 @@ impl Client {
     }
 }
 
-/// Writes replies to clients once per scheduler round instead of once per upstream batch:
+/// Writes the output of clients that upstream tasks marked, once per turn of the event loop:
 /// a client whose pipeline spans several upstreams (cluster nodes) gets one write for the
 /// replies that arrived from all of them. A client still waiting for other replies of the same
-/// read batch is held (see [`Client::end_batch`]), for at most [`HOLD_TIME`].
+/// read batch is held (see [`Client::end_batch`]), each for at most [`HOLD_TIME`] from the
+/// moment it was first held.
 pub struct Flusher {
     dirty: RefCell<Vec<Rc<Client>>>,
-    held: RefCell<Vec<Rc<Client>>>,
+    holds: RefCell<Holds<Rc<Client>>>,
     signal: Signal,
 }
 
 impl Flusher {
     /// Creates the flusher of the current worker and starts its task.
     pub fn spawn() -> Rc<Flusher> {
-        let f =
-            Rc::new(Flusher { dirty: RefCell::new(Vec::new()), held: RefCell::new(Vec::new()), signal: Signal::new() });
+        let f = Rc::new(Flusher { dirty: RefCell::new(Vec::new()), holds: RefCell::default(), signal: Signal::new() });
         tokio::task::spawn_local(f.clone().run());
         f
     }
@@ -423,39 +424,100 @@ impl Flusher {
 
     async fn run(self: Rc<Self>) {
         let mut batch = Vec::new();
-        let timer = tokio::time::sleep(HOLD_TIME);
+        let far = || tokio::time::Instant::now() + std::time::Duration::from_secs(3600);
+        let timer = tokio::time::sleep_until(far());
         tokio::pin!(timer);
-        let mut armed = false;
+        // The deadline the timer is set to: the oldest live hold's.
+        let mut armed: Option<std::time::Instant> = None;
+        let live = |c: &Rc<Client>, mark: u64| c.held.get() == mark;
         loop {
             tokio::select! {
                 biased;
                 _ = self.signal.wait() => {
                     std::mem::swap(&mut batch, &mut *self.dirty.borrow_mut());
+                    let mut now = None;
                     for c in batch.drain(..) {
                         c.flush_queued.set(false);
                         if c.out.borrow_mut().batch_done() {
-                            c.held.set(false);
+                            c.held.set(0);
                             c.flush_from_upstream();
-                        } else if !c.held.replace(true) {
-                            self.held.borrow_mut().push(c);
+                        } else if c.held.get() == 0 {
+                            let now = *now.get_or_insert_with(std::time::Instant::now);
+                            let mark = self.holds.borrow_mut().hold(now, c.clone());
+                            c.held.set(mark);
                         }
                     }
                 }
-                _ = &mut timer, if armed => {
-                    armed = false;
-                    std::mem::swap(&mut batch, &mut *self.held.borrow_mut());
+                _ = &mut timer, if armed.is_some() => {
+                    armed = None;
+                    self.holds.borrow_mut().expire(std::time::Instant::now(), live, &mut batch);
                     for c in batch.drain(..) {
-                        if c.held.replace(false) {
-                            c.flush_from_upstream();
-                        }
+                        c.held.set(0);
+                        c.flush_from_upstream();
                     }
                 }
             }
-            if !armed && !self.held.borrow().is_empty() {
-                timer.as_mut().reset(tokio::time::Instant::now() + HOLD_TIME);
-                armed = true;
+            // The timer follows the oldest client still held; clients written meanwhile no
+            // longer count, so a steady flow of short holds does not wake the thread.
+            let due = self.holds.borrow_mut().deadline(live);
+            if due != armed {
+                match due {
+                    Some(at) => timer.as_mut().reset(at.into()),
+                    None => timer.as_mut().reset(far()),
+                }
+                armed = due;
             }
         }
+    }
+}
+
+/// Clients held for the rest of their read batch, oldest first. Each entry carries a mark; it
+/// is live while its client's own mark still equals it. A client written before its time is up
+/// (its batch answered) only clears its own mark: its stale entry is dropped when it reaches
+/// the front, and a later hold of the same client gets a new entry and a new mark.
+struct Holds<T> {
+    queue: VecDeque<(u64, std::time::Instant, T)>,
+    last_mark: u64,
+}
+
+impl<T> Default for Holds<T> {
+    fn default() -> Self {
+        Holds { queue: VecDeque::new(), last_mark: 0 }
+    }
+}
+
+impl<T> Holds<T> {
+    /// Holds `item` from `now`; returns its mark (never 0).
+    fn hold(&mut self, now: std::time::Instant, item: T) -> u64 {
+        self.last_mark += 1;
+        self.queue.push_back((self.last_mark, now, item));
+        self.last_mark
+    }
+
+    /// Moves the live entries held for [`HOLD_TIME`] or longer to `out`, dropping stale ones
+    /// on the way.
+    fn expire(&mut self, now: std::time::Instant, live: impl Fn(&T, u64) -> bool, out: &mut Vec<T>) {
+        while let Some((mark, since, item)) = self.queue.front() {
+            if live(item, *mark) {
+                if *since + HOLD_TIME > now {
+                    return;
+                }
+                out.push(self.queue.pop_front().expect("front exists").2);
+            } else {
+                self.queue.pop_front();
+            }
+        }
+    }
+
+    /// When the oldest live entry is due, if any.
+    fn deadline(&mut self, live: impl Fn(&T, u64) -> bool) -> Option<std::time::Instant> {
+        while let Some((mark, since, item)) = self.queue.front() {
+            if live(item, *mark) {
+                return Some(*since + HOLD_TIME);
+            }
+            self.queue.pop_front();
+        }
+        None
     }
 }
 
@@ -563,6 +625,38 @@ mod tests {
         out.urgent = false;
         out.buf.extend_from_slice(&vec![b'x'; HOLD_LIMIT]);
         assert!(out.batch_done(), "a large output does not wait");
+    }
+
+    #[test]
+    fn a_hold_lasts_hold_time_from_its_start_and_stale_entries_do_not_count() {
+        use std::collections::HashMap;
+        let t0 = std::time::Instant::now();
+        let tenths = |n: u64| t0 + std::time::Duration::from_micros(n * 100);
+        let mut holds = Holds::default();
+        // Each client's current mark, as the client itself keeps it.
+        let mut marks: HashMap<&str, u64> = HashMap::new();
+        marks.insert("a", holds.hold(tenths(0), "a"));
+        marks.insert("b", holds.hold(tenths(3), "b"));
+        assert_eq!(holds.deadline(|c, m| marks[c] == m), Some(t0 + HOLD_TIME));
+
+        // "a" is answered in full and written: the timer moves on to "b", held later.
+        marks.insert("a", 0);
+        assert_eq!(holds.deadline(|c, m| marks[c] == m), Some(tenths(3) + HOLD_TIME));
+
+        // "a" is held again with a new batch: its old entry must not make it due early.
+        marks.insert("a", holds.hold(tenths(9), "a"));
+        let mut due = Vec::new();
+        holds.expire(tenths(13), |c, m| marks[c] == m, &mut due);
+        assert_eq!(due, vec!["b"], "only b has waited HOLD_TIME");
+        marks.insert("b", 0);
+        holds.expire(tenths(18), |c, m| marks[c] == m, &mut due);
+        assert_eq!(due, vec!["b"], "a's second hold began at 0.9 ms");
+        assert_eq!(holds.deadline(|c, m| marks[c] == m), Some(tenths(9) + HOLD_TIME));
+        holds.expire(tenths(19), |c, m| marks[c] == m, &mut due);
+        assert_eq!(due, vec!["b", "a"]);
+        marks.insert("a", 0);
+        assert_eq!(holds.deadline(|c, m| marks[c] == m), None);
+        assert!(holds.queue.is_empty());
     }
 
     #[test]
