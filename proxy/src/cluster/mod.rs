@@ -138,7 +138,7 @@ impl ClusterRouter {
     pub fn slot_node(&self, slot: u16, proto: u8) -> Option<Rc<Upstream>> {
         let shard = {
             let topo = self.topology.borrow();
-            let shard = *topo.as_ref()?.slots.get(slot as usize)?;
+            let shard = topo.as_ref()?.slots.get(slot)?;
             if shard == topology::UNASSIGNED {
                 return None;
             }
@@ -224,7 +224,7 @@ impl ClusterRouter {
         let (primary, replicas) = {
             let topo = self.topology.borrow();
             let t = topo.as_ref()?;
-            let shard = t.shards.get(*t.slots.get(slot as usize)? as usize)?;
+            let shard = t.shards.get(t.slots.get(slot)? as usize)?;
             let replicas: Vec<String> = shard.replicas.iter().map(|&r| t.nodes[r].clone()).collect();
             (t.nodes[shard.primary].clone(), replicas)
         };

@@ -10,7 +10,7 @@
 //! (routing, splitting multi-key commands, merging) serves sharding unchanged.
 
 use super::slot::{SLOTS, hash_tag};
-use super::topology::{Shard, Topology};
+use super::topology::{Shard, SlotMap, Topology};
 
 const POINTS_PER_ENDPOINT: usize = 160;
 
@@ -41,7 +41,7 @@ pub fn topology(endpoints: &[String]) -> Topology {
         }
     }
     points.sort_unstable();
-    let slots = (0..SLOTS)
+    let table = (0..SLOTS)
         .map(|b| {
             // Spread the buckets over the ring with a second hash, so that neighbouring
             // buckets do not land on the same arc.
@@ -53,7 +53,7 @@ pub fn topology(endpoints: &[String]) -> Topology {
     Topology {
         nodes: endpoints.to_vec(),
         shards: (0..endpoints.len()).map(|i| Shard { primary: i, replicas: Vec::new() }).collect(),
-        slots,
+        slots: SlotMap::new(table),
     }
 }
 
@@ -71,7 +71,7 @@ mod tests {
         let mut count = [0usize; 3];
         for k in 0..30_000 {
             let b = key_bucket(format!("key:{k}").as_bytes(), false);
-            count[t.slots[b as usize] as usize] += 1;
+            count[t.slots.get(b).unwrap() as usize] += 1;
         }
         for c in count {
             assert!((7_000..13_000).contains(&c), "{count:?}");
@@ -84,8 +84,11 @@ mod tests {
         let mut moved = 0;
         let n = 50_000;
         for k in 0..n {
-            let b = key_bucket(format!("user:{k}").as_bytes(), false) as usize;
-            let (x, y) = (&before.nodes[before.slots[b] as usize], &after.nodes[after.slots[b] as usize]);
+            let b = key_bucket(format!("user:{k}").as_bytes(), false);
+            let (x, y) = (
+                &before.nodes[before.slots.get(b).unwrap() as usize],
+                &after.nodes[after.slots.get(b).unwrap() as usize],
+            );
             if x != y {
                 assert_eq!(y, "10.0.0.4:6379", "keys only move to the new endpoint");
                 moved += 1;

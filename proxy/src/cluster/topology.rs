@@ -15,19 +15,81 @@ pub struct Topology {
     /// `host:port` of every node.
     pub nodes: Vec<String>,
     pub shards: Vec<Shard>,
-    /// Shard index per slot; `u16::MAX` for a slot no node serves.
-    pub slots: Box<[u16]>,
+    /// Shard index per slot; [`UNASSIGNED`] for a slot no node serves.
+    pub slots: SlotMap,
 }
 
 pub const UNASSIGNED: u16 = u16::MAX;
+
+/// Lookups use runs while the slots form at most this many.
+const MAX_RUNS: usize = 16;
+
+/// Which shard serves each slot. A lookup reads the slots' runs (consecutive slots of one
+/// shard) while there are at most [`MAX_RUNS`] of them, as in most clusters: the 32 KiB table
+/// is a cache miss on most requests (keys hash all over it), the runs are a few bytes that
+/// stay in cache.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotMap {
+    table: Box<[u16]>,
+    /// Last slot and shard of each run, in slot order; empty when there are too many runs.
+    runs: Vec<(u16, u16)>,
+}
+
+impl SlotMap {
+    /// `table`: the shard of each of the [`SLOTS`] slots.
+    pub fn new(table: Box<[u16]>) -> SlotMap {
+        assert_eq!(table.len(), SLOTS, "one entry per slot");
+        let mut map = SlotMap { table, runs: Vec::with_capacity(MAX_RUNS) };
+        map.find_runs();
+        map
+    }
+
+    fn find_runs(&mut self) {
+        self.runs.clear();
+        for (slot, &shard) in self.table.iter().enumerate() {
+            let runs = self.runs.len();
+            match self.runs.last_mut() {
+                Some(run) if run.1 == shard => run.0 = slot as u16,
+                _ if runs == MAX_RUNS => {
+                    self.runs.clear();
+                    return;
+                }
+                _ => self.runs.push((slot as u16, shard)),
+            }
+        }
+    }
+
+    /// The shard serving `slot` ([`UNASSIGNED`] if none); `None` for no such slot.
+    #[inline]
+    pub fn get(&self, slot: u16) -> Option<u16> {
+        if usize::from(slot) >= SLOTS {
+            return None;
+        }
+        if self.runs.is_empty() {
+            return Some(self.table[usize::from(slot)]);
+        }
+        // Without branches: the runs that end before `slot` are the ones to skip.
+        let i: usize = self.runs.iter().map(|&(last, _)| usize::from(last < slot)).sum();
+        Some(self.runs[i].1)
+    }
+
+    pub fn set(&mut self, slot: u16, shard: u16) {
+        if let Some(s) = self.table.get_mut(usize::from(slot))
+            && *s != shard
+        {
+            *s = shard;
+            self.find_runs();
+        }
+    }
+}
 
 impl Topology {
     /// Parses a `CLUSTER SLOTS` reply. `asked` is the node that answered: Redis reports its
     /// own address as an empty string or `?` when it does not know it.
     pub fn from_cluster_slots(reply: &Value, asked: &str) -> Result<Topology, String> {
         let ranges = reply.as_array().ok_or("CLUSTER SLOTS did not return an array")?;
-        let mut t =
-            Topology { nodes: Vec::new(), shards: Vec::new(), slots: vec![UNASSIGNED; SLOTS].into_boxed_slice() };
+        let mut table = vec![UNASSIGNED; SLOTS].into_boxed_slice();
+        let (mut nodes, mut shards) = (Vec::new(), Vec::new());
         for range in ranges {
             let r = range.as_array().ok_or("a slot range is not an array")?;
             if r.len() < 3 {
@@ -52,40 +114,27 @@ impl Topology {
                 } else {
                     format!("{host}:{port}")
                 };
-                members.push(t.node_index(&addr));
+                members.push(node_index(&mut nodes, &addr));
             }
             let primary = members[0];
-            let shard = match t.shards.iter().position(|s| s.primary == primary) {
+            let shard = match shards.iter().position(|s: &Shard| s.primary == primary) {
                 Some(i) => i,
                 None => {
-                    t.shards.push(Shard { primary, replicas: members[1..].to_vec() });
-                    t.shards.len() - 1
+                    shards.push(Shard { primary, replicas: members[1..].to_vec() });
+                    shards.len() - 1
                 }
             };
-            for slot in start..=end {
-                t.slots[slot as usize] = shard as u16;
-            }
+            table[start as usize..=end as usize].fill(shard as u16);
         }
-        if t.shards.is_empty() {
+        if shards.is_empty() {
             return Err("the cluster serves no slots".into());
         }
-        Ok(t)
-    }
-
-    pub fn node_index(&mut self, addr: &str) -> usize {
-        match self.nodes.iter().position(|n| n == addr) {
-            Some(i) => i,
-            None => {
-                self.nodes.push(addr.to_owned());
-                self.nodes.len() - 1
-            }
-        }
+        Ok(Topology { nodes, shards, slots: SlotMap::new(table) })
     }
 
     /// The primary serving `slot`, if any.
     pub fn primary(&self, slot: u16) -> Option<&str> {
-        let shard = *self.slots.get(slot as usize)?;
-        let s = self.shards.get(shard as usize)?;
+        let s = self.shards.get(self.slots.get(slot)? as usize)?;
         Some(&self.nodes[s.primary])
     }
 
@@ -96,7 +145,7 @@ impl Topology {
 
     /// Records a MOVED: `slot` is now served by the primary at `addr`.
     pub fn moved(&mut self, slot: u16, addr: &str) {
-        let node = self.node_index(addr);
+        let node = node_index(&mut self.nodes, addr);
         let shard = match self.shards.iter().position(|s| s.primary == node) {
             Some(i) => i,
             None => {
@@ -104,8 +153,17 @@ impl Topology {
                 self.shards.len() - 1
             }
         };
-        if let Some(s) = self.slots.get_mut(slot as usize) {
-            *s = shard as u16;
+        self.slots.set(slot, shard as u16);
+    }
+}
+
+/// The index of `addr` in `nodes`, added if new.
+fn node_index(nodes: &mut Vec<String>, addr: &str) -> usize {
+    match nodes.iter().position(|n| n == addr) {
+        Some(i) => i,
+        None => {
+            nodes.push(addr.to_owned());
+            nodes.len() - 1
         }
     }
 }
@@ -163,6 +221,36 @@ mod tests {
         t.moved(7, "b:2");
         assert_eq!(t.primary(7), Some("b:2"));
         assert_eq!(t.primary(8), Some("a:1"));
+    }
+
+    #[test]
+    fn runs_and_table_agree_on_every_slot() {
+        // Few runs (looked up by run), then more than MAX_RUNS (looked up in the table), then
+        // back to few as a MOVED joins two runs.
+        let mut table = vec![0u16; SLOTS];
+        table[100..200].fill(1);
+        table[16000..].fill(UNASSIGNED);
+        let mut map = SlotMap::new(table.clone().into_boxed_slice());
+        assert_eq!(map.runs.len(), 4);
+        let check = |map: &SlotMap, table: &[u16]| {
+            for slot in 0..SLOTS as u16 {
+                assert_eq!(map.get(slot), Some(table[usize::from(slot)]), "slot {slot}");
+            }
+            assert_eq!(map.get(SLOTS as u16), None);
+        };
+        check(&map, &table);
+        for slot in (1000..1000 + 2 * MAX_RUNS as u16).step_by(2) {
+            map.set(slot, 2);
+            table[usize::from(slot)] = 2;
+        }
+        assert!(map.runs.is_empty(), "too many runs: the table answers");
+        check(&map, &table);
+        for slot in (1000..1000 + 2 * MAX_RUNS as u16).step_by(2) {
+            map.set(slot, 0);
+            table[usize::from(slot)] = 0;
+        }
+        assert_eq!(map.runs.len(), 4);
+        check(&map, &table);
     }
 
     #[test]
