@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 
 def free_port():
@@ -123,6 +124,19 @@ class Procs:
 # targets with the same index ran back to back, so their ratios pair up.
 PER_RUN = {}
 
+# Admin ports of the respmesh targets whose upstream batches are counted, by target name; and
+# the median requests per upstream write, by (test, pipeline, target).
+ADMIN = {}
+BATCH = {}
+
+
+def upstream_batches(admin_port):
+    """The proxy's writes of request batches to its shared upstream connections so far."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("respmesh_proxy_upstream_batches_total"))
+
 
 def measure(rows, targets, runs, requests):
     """GET and SET at pipeline 1 and 16 on every target, interleaved; medians into `rows`.
@@ -135,12 +149,18 @@ def measure(rows, targets, runs, requests):
             for _, port, _, cluster in targets:
                 redis_benchmark(port, test, 50, pipeline, n // 10, cluster=cluster)
             samples = {name: [] for name, _, _, _ in targets}
+            batches = {name: [] for name, _, _, _ in targets if name in ADMIN}
             for _ in range(runs):
                 for name, port, pid, cluster in targets:
                     c0 = cpu_ns(pid) if pid else 0
+                    b0 = upstream_batches(ADMIN[name]) if name in ADMIN else 0
                     rps, p50, p99 = redis_benchmark(port, test, 50, pipeline, n, cluster=cluster)
                     c1 = cpu_ns(pid) if pid else 0
+                    if name in ADMIN:
+                        batches[name].append(n / max(upstream_batches(ADMIN[name]) - b0, 1))
                     samples[name].append((rps, p50, p99, (c1 - c0) / n / 1000.0 if pid else None))
+            for name, b in batches.items():
+                BATCH[(test, pipeline, name)] = statistics.median(b)
             for name, s in samples.items():
                 PER_RUN[(test, pipeline, name)] = [x[3] for x in s]
                 rows[(test, pipeline, name)] = (
@@ -151,10 +171,9 @@ def measure(rows, targets, runs, requests):
                 )
 
 
-def start_cluster(procs):
-    """Six redis-server nodes, 3 primaries and 3 replicas; returns the node ports."""
-    ports = []
-    while len(ports) < 6:
+def start_cluster_node(procs):
+    """A cluster-enabled redis-server on a free port whose bus port (+10000) is free too."""
+    while True:
         p = free_port()
         if p < 55000:
             try:
@@ -162,15 +181,25 @@ def start_cluster(procs):
                     s.bind(("127.0.0.1", p + 10000))
             except OSError:
                 continue
-            ports.append(p)
-    for p in ports:
-        d = os.path.join(procs.dir, f"node-{p}")
-        os.makedirs(d)
-        procs.start(pinned(OTHER_CPUS, ["redis-server", "--port", str(p), "--bind", "127.0.0.1", "--save", "",
-                                        "--appendonly", "no", "--dir", d, "--cluster-enabled", "yes",
-                                        "--cluster-config-file", "nodes.conf"]), p)
-    subprocess.run(["redis-cli", "--cluster", "create"] + [f"127.0.0.1:{p}" for p in ports]
-                   + ["--cluster-replicas", "1", "--cluster-yes"], check=True, capture_output=True)
+            break
+    d = os.path.join(procs.dir, f"node-{p}")
+    os.makedirs(d)
+    procs.start(pinned(OTHER_CPUS, ["redis-server", "--port", str(p), "--bind", "127.0.0.1", "--save", "",
+                                    "--appendonly", "no", "--dir", d, "--cluster-enabled", "yes",
+                                    "--cluster-config-file", "nodes.conf"]), p)
+    return p
+
+
+def start_cluster(procs, nodes=6):
+    """Six redis-server nodes, 3 primaries and 3 replicas; or one node serving every slot.
+    Returns the node ports."""
+    ports = [start_cluster_node(procs) for _ in range(nodes)]
+    if nodes == 1:
+        subprocess.run(["redis-cli", "-p", str(ports[0]), "cluster", "addslotsrange", "0", "16383"],
+                       check=True, capture_output=True)
+    else:
+        subprocess.run(["redis-cli", "--cluster", "create"] + [f"127.0.0.1:{p}" for p in ports]
+                       + ["--cluster-replicas", "1", "--cluster-yes"], check=True, capture_output=True)
     deadline = time.time() + 30
     for p in ports:
         while "cluster_state:ok" not in subprocess.run(["redis-cli", "-p", str(p), "cluster", "info"],
@@ -236,9 +265,14 @@ def main():
         tw = procs.start(pinned(PROXY_CPUS, ["nutcracker", "-c", conf, "-s", str(tw_stats), "-a", "127.0.0.1",
                                              "-o", os.path.join(procs.dir, "nutcracker.log")]), tw_port)
 
-        rm_port = free_port()
-        rm = procs.start(pinned(PROXY_CPUS, [args.proxy, "--listen", f"127.0.0.1:{rm_port}", "--upstream",
-                                             f"127.0.0.1:{redis_port}", "--admin", "off", "--log-level", "warn"]), rm_port)
+        def respmesh(*flags):
+            """A respmesh-proxy with the admin port on (its upstream batches are counted)."""
+            port, admin = free_port(), free_port()
+            p = procs.start(pinned(PROXY_CPUS, [args.proxy, "--listen", f"127.0.0.1:{port}", "--admin",
+                                                f"127.0.0.1:{admin}", "--log-level", "warn", *flags]), port)
+            return port, p, admin
+
+        rm_port, rm, ADMIN["respmesh"] = respmesh("--upstream", f"127.0.0.1:{redis_port}")
 
         targets = [("direct", redis_port, None, False), ("twemproxy", tw_port, tw.pid, False),
                    ("respmesh", rm_port, rm.pid, False)]
@@ -274,13 +308,13 @@ services:
         measure(rows, [("respmesh-policy", rp_port, rp.pid, False)], args.runs, args.requests)
 
         # Redis Cluster: direct (a cluster-aware redis-benchmark) and respmesh in CLUSTER mode.
+        # Also a cluster of one node: CLUSTER mode's own cost, without spreading the load.
         cports = start_cluster(procs)
-        rc_port = free_port()
-        rc = procs.start(pinned(PROXY_CPUS, [args.proxy, "--listen", f"127.0.0.1:{rc_port}", "--upstream",
-                                             f"127.0.0.1:{cports[0]}", "--mode", "cluster", "--admin", "off",
-                                             "--log-level", "warn"]), rc_port)
-        measure(rows, [("direct-cluster", cports[0], None, True), ("respmesh-cluster", rc_port, rc.pid, False)],
-                args.runs, args.requests)
+        rc_port, rc, ADMIN["respmesh-cluster"] = respmesh("--upstream", f"127.0.0.1:{cports[0]}", "--mode", "cluster")
+        one = start_cluster(procs, nodes=1)
+        r1_port, r1, ADMIN["respmesh-cluster1"] = respmesh("--upstream", f"127.0.0.1:{one[0]}", "--mode", "cluster")
+        measure(rows, [("direct-cluster", cports[0], None, True), ("respmesh-cluster", rc_port, rc.pid, False),
+                       ("respmesh-cluster1", r1_port, r1.pid, False)], args.runs, args.requests)
 
         # One client, no pipelining: the latency the proxy adds.
         lat = {}
@@ -325,18 +359,22 @@ services:
                 print(f"{test.upper():<5} {pipeline:>3} {name:<10} {rps:>11,.0f} {p50:>7.3f} {p99:>7.3f} {cpu_s} {cpu_r} "
                       f"{rps / tw_row[0]:8.2f}x {rps / d_row[0]:12.2f}x")
     print()
-    print("Redis Cluster (3 primaries + 3 replicas): direct = redis-benchmark --cluster; respmesh in CLUSTER mode")
+    print("Redis Cluster (3 primaries + 3 replicas): direct = redis-benchmark --cluster; respmesh in CLUSTER mode;")
+    print("respmesh-cluster1: CLUSTER mode in front of a one-node cluster. Req/write: requests per upstream write")
     print()
-    hdr2 = f"{'test':<5} {'P':>3} {'target':<16} {'ops/s':>11} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10} {'CPU vs standalone':>17}"
+    hdr2 = (f"{'test':<5} {'P':>3} {'target':<17} {'ops/s':>11} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10} "
+            f"{'CPU vs standalone':>17} {'req/write':>9}")
     print(hdr2)
     print("-" * len(hdr2))
     for test in ("get", "set"):
         for pipeline in (1, 16):
-            for name in ("direct-cluster", "respmesh-cluster"):
+            for name in ("respmesh", "direct-cluster", "respmesh-cluster", "respmesh-cluster1"):
                 rps, p50, p99, cpu = rows[(test, pipeline, name)]
                 cpu_s = f"{cpu:10.2f}" if cpu is not None else f"{'-':>10}"
                 ratio = f"{cpu / rows[(test, pipeline, 'respmesh')][3]:16.2f}x" if cpu is not None else f"{'-':>17}"
-                print(f"{test.upper():<5} {pipeline:>3} {name:<16} {rps:>11,.0f} {p50:>7.3f} {p99:>7.3f} {cpu_s} {ratio}")
+                per_write = BATCH.get((test, pipeline, name))
+                per_write = f"{per_write:9.1f}" if per_write else f"{'-':>9}"
+                print(f"{test.upper():<5} {pipeline:>3} {name:<17} {rps:>11,.0f} {p50:>7.3f} {p99:>7.3f} {cpu_s} {ratio} {per_write}")
     print()
     print("Policies: a prefix route and a 100% mirror to a second Redis (every command sent twice)")
     print()
