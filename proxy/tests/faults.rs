@@ -244,7 +244,10 @@ fn malformed_commands_of_every_kind_never_break_the_proxy() {
 
 #[test]
 fn a_subscriber_that_does_not_read_is_disconnected_before_it_costs_the_proxy_its_memory() {
-    let redis = Redis::start();
+    // Redis's own pub/sub output limit (32 MiB by default) is lifted, so that the proxy's is
+    // the one reached: with it, whichever side lags behind by 32 MiB first cuts the subscriber
+    // off, and on a loaded machine that can be Redis.
+    let redis = Redis::start_with(&["--client-output-buffer-limit", "pubsub 0 0 0"]);
     let mut proxy = Proxy::start_args(&["--upstream", &redis.addr()]);
     proxy.allow_warning("does not read what it is sent");
     let mut sub = proxy.conn();
@@ -273,5 +276,37 @@ fn a_subscriber_that_does_not_read_is_disconnected_before_it_costs_the_proxy_its
     }
     assert!(total < 48 << 20, "{total} bytes reached the subscriber: it was cut off near the limit");
     // Everyone else is served as before.
+    assert_eq!(proxy.conn().cmd(&["PING"]), "+PONG\r\n");
+}
+
+#[test]
+fn a_subscriber_that_redis_cuts_off_is_disconnected_by_the_proxy_too() {
+    // Redis's pub/sub output limit, made small: Redis drops the subscriber's upstream
+    // connection, and the client must see its connection end, not a subscription that
+    // silently receives nothing more.
+    let redis = Redis::start_with(&["--client-output-buffer-limit", "pubsub 1mb 0 0"]);
+    let mut proxy = Proxy::start_args(&["--upstream", &redis.addr()]);
+    proxy.allow_warning("upstream connection lost");
+    let mut sub = proxy.conn();
+    sub.send(&["SUBSCRIBE", "firehose"]);
+    assert_eq!(String::from_utf8_lossy(&sub.read_reply()), "*3\r\n$9\r\nsubscribe\r\n$8\r\nfirehose\r\n:1\r\n");
+    let payload = "x".repeat(1 << 20);
+    let mut publisher = redis.conn();
+    // The subscriber reads nothing; the proxy relays into its socket until that fills, then
+    // Redis's buffer for the proxy's connection passes 1 MiB.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while publisher.cmd(&["PUBLISH", "firehose", &payload]) == ":1\r\n" {
+        assert!(Instant::now() < deadline, "Redis never dropped the subscriber");
+    }
+    sub.set_timeout(Duration::from_secs(10));
+    let mut chunk = vec![0u8; 1 << 20];
+    loop {
+        match std::io::Read::read(&mut sub.stream, &mut chunk) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("the connection was not closed: {e}"),
+        }
+    }
     assert_eq!(proxy.conn().cmd(&["PING"]), "+PONG\r\n");
 }
