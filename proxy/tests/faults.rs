@@ -242,17 +242,40 @@ fn malformed_commands_of_every_kind_never_break_the_proxy() {
     support::random_commands_never_break(&open, 8);
 }
 
+/// A proxy in front of a Redis started with `redis_args`, and a client of it subscribed to
+/// "firehose" that reads nothing more.
+fn firehose_subscriber(redis_args: &[&str], warning: &str) -> (Redis, Proxy, Conn) {
+    let redis = Redis::start_with(redis_args);
+    let mut proxy = Proxy::start_args(&["--upstream", &redis.addr()]);
+    proxy.allow_warning(warning);
+    let mut sub = proxy.conn();
+    sub.send(&["SUBSCRIBE", "firehose"]);
+    assert_eq!(String::from_utf8_lossy(&sub.read_reply()), "*3\r\n$9\r\nsubscribe\r\n$8\r\nfirehose\r\n:1\r\n");
+    (redis, proxy, sub)
+}
+
+/// Reads what is left in the connection until the proxy closes it; the bytes read.
+fn read_until_closed(conn: &mut Conn) -> usize {
+    conn.set_timeout(Duration::from_secs(10));
+    let mut total = 0usize;
+    let mut chunk = vec![0u8; 1 << 20];
+    loop {
+        match Read::read(&mut conn.stream, &mut chunk) {
+            Ok(0) => return total,
+            Ok(n) => total += n,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return total,
+            Err(e) => panic!("the connection was not closed: {e}"),
+        }
+    }
+}
+
 #[test]
 fn a_subscriber_that_does_not_read_is_disconnected_before_it_costs_the_proxy_its_memory() {
     // Redis's own pub/sub output limit (32 MiB by default) is lifted, so that the proxy's is
     // the one reached: with it, whichever side lags behind by 32 MiB first cuts the subscriber
     // off, and on a loaded machine that can be Redis.
-    let redis = Redis::start_with(&["--client-output-buffer-limit", "pubsub 0 0 0"]);
-    let mut proxy = Proxy::start_args(&["--upstream", &redis.addr()]);
-    proxy.allow_warning("does not read what it is sent");
-    let mut sub = proxy.conn();
-    sub.send(&["SUBSCRIBE", "firehose"]);
-    assert_eq!(String::from_utf8_lossy(&sub.read_reply()), "*3\r\n$9\r\nsubscribe\r\n$8\r\nfirehose\r\n:1\r\n");
+    let (redis, proxy, mut sub) =
+        firehose_subscriber(&["--client-output-buffer-limit", "pubsub 0 0 0"], "does not read what it is sent");
     // 64 MiB of messages to a client that reads none of them.
     let payload = "x".repeat(1 << 20);
     let mut publisher = redis.conn();
@@ -263,17 +286,7 @@ fn a_subscriber_that_does_not_read_is_disconnected_before_it_costs_the_proxy_its
     }
     assert!(proxy.wait_log("does not read what it is sent", Duration::from_secs(10)));
     // What was already in the socket can still be read, then the connection ends.
-    sub.set_timeout(Duration::from_secs(10));
-    let mut total = 0usize;
-    let mut chunk = vec![0u8; 1 << 20];
-    loop {
-        match std::io::Read::read(&mut sub.stream, &mut chunk) {
-            Ok(0) => break,
-            Ok(n) => total += n,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
-            Err(e) => panic!("the connection was not closed: {e}"),
-        }
-    }
+    let total = read_until_closed(&mut sub);
     assert!(total < 48 << 20, "{total} bytes reached the subscriber: it was cut off near the limit");
     // Everyone else is served as before.
     assert_eq!(proxy.conn().cmd(&["PING"]), "+PONG\r\n");
@@ -284,29 +297,14 @@ fn a_subscriber_that_redis_cuts_off_is_disconnected_by_the_proxy_too() {
     // Redis's pub/sub output limit, made small: Redis drops the subscriber's upstream
     // connection, and the client must see its connection end, not a subscription that
     // silently receives nothing more.
-    let redis = Redis::start_with(&["--client-output-buffer-limit", "pubsub 1mb 0 0"]);
-    let mut proxy = Proxy::start_args(&["--upstream", &redis.addr()]);
-    proxy.allow_warning("upstream connection lost");
-    let mut sub = proxy.conn();
-    sub.send(&["SUBSCRIBE", "firehose"]);
-    assert_eq!(String::from_utf8_lossy(&sub.read_reply()), "*3\r\n$9\r\nsubscribe\r\n$8\r\nfirehose\r\n:1\r\n");
+    let (redis, proxy, mut sub) =
+        firehose_subscriber(&["--client-output-buffer-limit", "pubsub 1mb 0 0"], "upstream connection lost");
     let payload = "x".repeat(1 << 20);
     let mut publisher = redis.conn();
-    // The subscriber reads nothing; the proxy relays into its socket until that fills, then
-    // Redis's buffer for the proxy's connection passes 1 MiB.
     let deadline = Instant::now() + Duration::from_secs(10);
     while publisher.cmd(&["PUBLISH", "firehose", &payload]) == ":1\r\n" {
         assert!(Instant::now() < deadline, "Redis never dropped the subscriber");
     }
-    sub.set_timeout(Duration::from_secs(10));
-    let mut chunk = vec![0u8; 1 << 20];
-    loop {
-        match std::io::Read::read(&mut sub.stream, &mut chunk) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
-            Err(e) => panic!("the connection was not closed: {e}"),
-        }
-    }
+    read_until_closed(&mut sub);
     assert_eq!(proxy.conn().cmd(&["PING"]), "+PONG\r\n");
 }
