@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod busy_poll;
 pub mod client;
 pub mod cluster;
 pub mod command;
@@ -60,6 +61,8 @@ pub struct Options {
     pub admin: Option<SocketAddr>,
     pub workers: usize,
     pub drain_timeout: Duration,
+    /// Busy-poll window after each read (`--busy-poll`); zero sleeps at once.
+    pub busy_poll: Duration,
 }
 
 /// Runs the proxy until SIGTERM or SIGINT, then drains and returns.
@@ -71,6 +74,12 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         Source::Kube(src) => Runtime::build_with(respmesh_api::proxy::ProxyConfig::empty(), 1, None, &src.binds)?,
         Source::Fixed(cfg) => Runtime::build((**cfg).clone(), 1)?,
     };
+    anyhow::ensure!(
+        opts.busy_poll <= busy_poll::MAX_WINDOW,
+        "--busy-poll {:?} is longer than the {:?} allowed",
+        opts.busy_poll,
+        busy_poll::MAX_WINDOW
+    );
     if opts.workers > 1 && rt.listeners.iter().any(|(a, _)| a.port() == 0) {
         anyhow::bail!("a listener on port 0 needs --workers 1 (each worker would get its own port)");
     }
@@ -95,6 +104,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             generations: gen_rx.clone(),
             shutdown: shutdown_rx.clone(),
             drain_timeout: opts.drain_timeout,
+            busy_poll: opts.busy_poll,
         })?);
     }
 

@@ -33,6 +33,8 @@ pub struct WorkerStats {
     errors: Box<[AtomicU64]>,
     latency_sum_us: Box<[AtomicU64]>,
     latency_buckets: Box<[AtomicU64]>,
+    /// Time spent busy polling (`--busy-poll`), in nanoseconds.
+    busy_poll_ns: AtomicU64,
 }
 
 fn zeros(n: usize) -> Box<[AtomicU64]> {
@@ -42,7 +44,13 @@ fn zeros(n: usize) -> Box<[AtomicU64]> {
 impl WorkerStats {
     fn new() -> Self {
         let n = CommandId::count();
-        WorkerStats { requests: zeros(n), errors: zeros(n), latency_sum_us: zeros(n), latency_buckets: zeros(n * NB) }
+        WorkerStats {
+            requests: zeros(n),
+            errors: zeros(n),
+            latency_sum_us: zeros(n),
+            latency_buckets: zeros(n * NB),
+            busy_poll_ns: AtomicU64::new(0),
+        }
     }
 
     /// Counts one command answered by Redis after `elapsed`.
@@ -57,6 +65,11 @@ impl WorkerStats {
         self.latency_sum_us[i].fetch_add(us, Relaxed);
         let b = BUCKETS_US.iter().position(|&ub| us <= ub).unwrap_or(BUCKETS_US.len());
         self.latency_buckets[i * NB + b].fetch_add(1, Relaxed);
+    }
+
+    /// Counts time the worker spent polling instead of sleeping.
+    pub fn add_busy_poll(&self, d: Duration) {
+        self.busy_poll_ns.fetch_add(d.as_nanos() as u64, Relaxed);
     }
 
     /// Counts one command answered by the proxy itself (no latency recorded).
@@ -219,6 +232,14 @@ impl Collector for CommandCollector {
             let name = if i < COMMANDS.len() { COMMANDS[i].name.to_ascii_lowercase() } else { "unknown".to_owned() };
             [("command", name)]
         };
+        let busy = sum(&|w| w.busy_poll_ns.load(Relaxed)) as f64 / 1e9;
+        let e = encoder.encode_descriptor(
+            "busy_poll_seconds",
+            "Time worker threads spent polling for I/O instead of sleeping (--busy-poll)",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(busy).encode(e)?;
         let used: Vec<usize> = (0..n).filter(|&i| sum(&|w| w.requests[i].load(Relaxed)) > 0).collect();
 
         let mut e = encoder.encode_descriptor("commands", "Commands by name", None, MetricType::Counter)?;

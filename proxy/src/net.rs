@@ -37,6 +37,9 @@ pub fn read_some(stream: &TcpStream, buf: &mut BytesMut, min_spare: usize) -> io
         }
         Ok(n)
     });
+    if got > 0 {
+        crate::busy_poll::note_read();
+    }
     match result {
         Ok(0) => Ok(Read::Eof),
         Ok(n) => Ok(Read::Data(n)),

@@ -176,6 +176,8 @@ pub struct WorkerSetup {
     pub generations: watch::Receiver<u64>,
     pub shutdown: watch::Receiver<bool>,
     pub drain_timeout: Duration,
+    /// Busy-poll window (zero: off).
+    pub busy_poll: Duration,
 }
 
 /// Starts a worker thread; returns once its listeners are bound (or failed to bind).
@@ -209,7 +211,7 @@ struct Bound {
 }
 
 async fn worker_main(setup: WorkerSetup, ready: mpsc::Sender<Result<Vec<SocketAddr>, String>>) {
-    let WorkerSetup { id, config, metrics, mut generations, mut shutdown, drain_timeout } = setup;
+    let WorkerSetup { id, config, metrics, mut generations, mut shutdown, drain_timeout, busy_poll } = setup;
     let stats = metrics.worker();
     let ctx = Rc::new(Ctx { stats: stats.clone(), metrics: metrics.clone(), flusher: Flusher::spawn() });
     let worker = Rc::new(Worker {
@@ -228,6 +230,9 @@ async fn worker_main(setup: WorkerSetup, ready: mpsc::Sender<Result<Vec<SocketAd
         kills: Arc::new(Notify::new()),
     });
     tokio::task::spawn_local(close_killed(worker.clone()));
+    if !busy_poll.is_zero() {
+        tokio::task::spawn_local(crate::busy_poll::run(busy_poll, worker.stats.clone()));
+    }
     let mut bound: HashMap<SocketAddr, Bound> = HashMap::new();
     let first = reconcile_listeners(&worker, &mut bound);
     let failed = first.is_err();

@@ -217,3 +217,66 @@ fn requests_that_arrive_while_a_batch_is_out_go_upstream_together() {
     // The script's batch, then one for all twenty GETs.
     assert_eq!(batches() - before, 2.0);
 }
+
+/// CPU time used so far by every thread of process `pid`.
+fn cpu_time(pid: u32) -> Duration {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    let ns: u64 = tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(ns)
+}
+
+/// CPU time `pid` uses over the next `wall`.
+fn cpu_over(pid: u32, wall: Duration) -> Duration {
+    let before = cpu_time(pid);
+    std::thread::sleep(wall);
+    cpu_time(pid) - before
+}
+
+/// `--busy-poll`: after a request, the worker keeps polling (it uses CPU) for the window, while
+/// a proxy without it sleeps at once; once the window passes with no traffic, it sleeps too,
+/// and the time spent polling is in /metrics.
+#[test]
+fn busy_poll_keeps_the_worker_polling_for_its_window_then_lets_it_sleep() {
+    let redis = Redis::start();
+    let polling = Proxy::start_args(&["--upstream", &redis.addr(), "--busy-poll", "400ms"]);
+    let sleeping = Proxy::start_args(&["--upstream", &redis.addr()]);
+    let busy = "respmesh_proxy_busy_poll_seconds_total";
+
+    let mut conn = sleeping.conn();
+    assert_eq!(conn.cmd(&["PING"]), "+PONG\r\n");
+    let used = cpu_over(sleeping.pid(), Duration::from_millis(300));
+    assert!(used < Duration::from_millis(30), "without --busy-poll an idle proxy sleeps: {used:?} of CPU in 300ms");
+    assert_eq!(sleeping.metric(busy), 0.0);
+
+    let mut conn = polling.conn();
+    assert_eq!(conn.cmd(&["PING"]), "+PONG\r\n");
+    let used = cpu_over(polling.pid(), Duration::from_millis(300));
+    assert!(used >= Duration::from_millis(30), "with --busy-poll the worker polls: only {used:?} of CPU in 300ms");
+
+    // The window ends 400 ms after the read; then the worker sleeps and the count stops.
+    std::thread::sleep(Duration::from_millis(200));
+    let counted = polling.metric(busy);
+    assert!(counted >= 0.4, "the whole window is counted: {counted}");
+    let used = cpu_over(polling.pid(), Duration::from_millis(300));
+    assert!(used < Duration::from_millis(30), "after the window an idle worker sleeps: {used:?} of CPU in 300ms");
+    assert_eq!(polling.metric(busy), counted);
+
+    // Traffic wakes the poller again, and replies are unchanged by it.
+    assert_eq!(conn.cmd(&["SET", "k", "v"]), "+OK\r\n");
+    assert_eq!(conn.cmd(&["GET", "k"]), "$1\r\nv\r\n");
+    assert!(cpu_over(polling.pid(), Duration::from_millis(200)) >= Duration::from_millis(20));
+}
+
+#[test]
+fn a_busy_poll_window_over_one_second_is_refused() {
+    let out = Command::new(env!("CARGO_BIN_EXE_respmesh-proxy"))
+        .args(["--upstream", "127.0.0.1:1", "--admin", "off", "--busy-poll", "2s"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--busy-poll 2s is longer than the 1s allowed"), "{err}");
+}

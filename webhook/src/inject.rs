@@ -13,6 +13,7 @@ pub const SKIP_ANNOTATION: &str = "respmesh.io/skip-reason";
 pub const PORTS_ANNOTATION: &str = "respmesh.io/capture-ports";
 pub const EXCLUDE_ANNOTATION: &str = "respmesh.io/exclude-cidrs";
 pub const LOG_LEVEL_ANNOTATION: &str = "respmesh.io/log-level";
+pub const BUSY_POLL_ANNOTATION: &str = "respmesh.io/busy-poll";
 pub const CPU_ANNOTATION: &str = "respmesh.io/proxy-cpu";
 pub const MEMORY_ANNOTATION: &str = "respmesh.io/proxy-memory";
 pub const CPU_LIMIT_ANNOTATION: &str = "respmesh.io/proxy-cpu-limit";
@@ -131,6 +132,20 @@ pub fn decide(pod: &Value, namespace: &str, cfg: &InjectConfig, ports: &[u16]) -
             message: format!("{log_level:?} is not a log level"),
         });
     }
+    // The proxy refuses windows over 1s; refused here, the pod's author sees why.
+    let busy_poll = match annotation(BUSY_POLL_ANNOTATION) {
+        Some(text) => match respmesh_api::Duration::parse(text) {
+            Ok(d) if d.get() <= std::time::Duration::from_secs(1) => Some(text.to_owned()),
+            Ok(_) => {
+                return Err(AnnotationError {
+                    annotation: BUSY_POLL_ANNOTATION,
+                    message: format!("{text:?} is longer than the 1s allowed"),
+                });
+            }
+            Err(e) => return Err(AnnotationError { annotation: BUSY_POLL_ANNOTATION, message: e.to_string() }),
+        },
+        None => None,
+    };
     let quantity = |name: &'static str, default: Option<&str>| -> Result<Option<String>, AnnotationError> {
         match annotation(name) {
             Some(q) if is_quantity(q) => Ok(Some(q.to_owned())),
@@ -172,19 +187,30 @@ pub fn decide(pod: &Value, namespace: &str, cfg: &InjectConfig, ports: &[u16]) -
         },
         "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
     });
+    let mut proxy_args = vec![
+        "--config".to_owned(),
+        "/etc/respmesh/config/config.yaml".to_owned(),
+        "--credentials-dir".to_owned(),
+        "/etc/respmesh/credentials".to_owned(),
+        "--capture".to_owned(),
+        format!("127.0.0.1:{CAPTURE_PORT}"),
+        "--capture".to_owned(),
+        format!("[::1]:{CAPTURE_PORT}"),
+        "--admin".to_owned(),
+        format!("0.0.0.0:{ADMIN_PORT}"),
+        "--log-format".to_owned(),
+        "json".to_owned(),
+        "--log-level".to_owned(),
+        log_level,
+    ];
+    if let Some(window) = busy_poll {
+        proxy_args.extend(["--busy-poll".to_owned(), window]);
+    }
     let proxy = json!({
         "name": PROXY_NAME,
         "image": cfg.proxy_image,
         "command": ["respmesh-proxy"],
-        "args": [
-            "--config", "/etc/respmesh/config/config.yaml",
-            "--credentials-dir", "/etc/respmesh/credentials",
-            "--capture", format!("127.0.0.1:{CAPTURE_PORT}"),
-            "--capture", format!("[::1]:{CAPTURE_PORT}"),
-            "--admin", format!("0.0.0.0:{ADMIN_PORT}"),
-            "--log-format", "json",
-            "--log-level", log_level,
-        ],
+        "args": proxy_args,
         // A native sidecar: started before the app and later init containers, stopped after
         // the app, so Jobs complete.
         "restartPolicy": "Always",

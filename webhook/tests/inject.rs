@@ -99,12 +99,13 @@ fn pods_that_must_not_be_injected_are_skipped_with_a_reason() {
 }
 
 #[test]
-fn annotations_override_ports_cidrs_log_level_and_resources() {
+fn annotations_override_ports_cidrs_log_level_busy_poll_and_resources() {
     let mut p = pod();
     p["metadata"]["annotations"] = json!({
         "respmesh.io/capture-ports": "7000, 6379",
         "respmesh.io/exclude-cidrs": "10.0.0.0/8, fd00::/8",
         "respmesh.io/log-level": "debug",
+        "respmesh.io/busy-poll": "50us",
         "respmesh.io/proxy-cpu": "100m",
         "respmesh.io/proxy-memory-limit": "1Gi",
     });
@@ -112,7 +113,12 @@ fn annotations_override_ports_cidrs_log_level_and_resources() {
     let init = &out["spec"]["initContainers"][0];
     assert_eq!(init["args"], json!(["--ports", "6379,7000", "--exclude-cidrs", "10.0.0.0/8,fd00::/8"]));
     let proxy = &out["spec"]["initContainers"][1];
-    assert!(proxy["args"].as_array().unwrap().contains(&json!("debug")));
+    let args = proxy["args"].as_array().unwrap();
+    assert!(args.contains(&json!("debug")));
+    assert!(args.windows(2).any(|w| w == [json!("--busy-poll"), json!("50us")]), "{args:?}");
+    let plain = inject(&pod(), &[6380]);
+    let plain_args = plain["spec"]["initContainers"][1]["args"].as_array().unwrap();
+    assert!(!plain_args.contains(&json!("--busy-poll")), "off unless asked for: {plain_args:?}");
     assert_eq!(proxy["resources"]["requests"]["cpu"], "100m");
     assert_eq!(proxy["resources"]["limits"]["memory"], "1Gi");
 
@@ -120,6 +126,8 @@ fn annotations_override_ports_cidrs_log_level_and_resources() {
         ("respmesh.io/capture-ports", "http", "respmesh.io/capture-ports"),
         ("respmesh.io/exclude-cidrs", "10.0.0.0/99", "respmesh.io/exclude-cidrs"),
         ("respmesh.io/proxy-cpu", "lots", "respmesh.io/proxy-cpu"),
+        ("respmesh.io/busy-poll", "fast", "invalid duration \"fast\""),
+        ("respmesh.io/busy-poll", "2s", "respmesh.io/busy-poll: \"2s\" is longer than the 1s allowed"),
     ] {
         let mut p = pod();
         p["metadata"]["annotations"] = json!({k: v});
