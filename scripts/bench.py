@@ -322,11 +322,21 @@ services:
                        ("respmesh-cluster", rc_port, rc.pid, False), ("respmesh-cluster1", r1_port, r1.pid, False)],
                 args.runs, args.requests)
 
-        # One client, no pipelining: the latency the proxy adds.
-        lat = {}
-        for name, port, _, _ in targets:
-            p50s = [redis_benchmark(port, "get", 1, 1, 20000)[1] for _ in range(args.runs)]
-            lat[name] = statistics.median(p50s) * 1000.0
+        # One client, no pipelining: the latency the proxy adds, and what one request costs the
+        # proxy when it is alone. Also respmesh with --busy-poll 50us (it polls instead of
+        # sleeping for 50 us after each read), interleaved with the others.
+        bp_port, bp, _ = respmesh("--upstream", f"127.0.0.1:{redis_port}", "--busy-poll", "50us")
+        lat_targets = targets + [("respmesh-busy-poll", bp_port, bp.pid, False)]
+        p50s = {name: [] for name, _, _, _ in lat_targets}
+        cpu1 = {name: [] for name, _, pid, _ in lat_targets if pid}
+        for _ in range(args.runs):
+            for name, port, pid, _ in lat_targets:
+                c0 = cpu_ns(pid) if pid else 0
+                p50s[name].append(redis_benchmark(port, "get", 1, 1, 20000)[1] * 1000.0)
+                if pid:
+                    cpu1[name].append((cpu_ns(pid) - c0) / 20000 / 1000.0)
+        lat = {name: statistics.median(v) for name, v in p50s.items()}
+        lat_cpu = {name: statistics.median(v) for name, v in cpu1.items()}
         # The same with every process on one CPU: what the proxy's own work adds, without the
         # cross-CPU wake-ups (expensive on virtual machines) that the shared layout pays.
         one_cpu = {}
@@ -413,10 +423,15 @@ services:
             checks.append((f"CLUSTER CPU/req vs standalone, {test.upper()} P{pipeline}", f"{r:.2f}x {spread}", "<= 1.2x", r <= 1.2))
     added = lat["respmesh"] - lat["direct"]
     checks.append(("added p50 latency, 1 client, P1", f"{added:.0f} us (direct {lat['direct']:.0f}, twemproxy {lat['twemproxy']:.0f}, respmesh {lat['respmesh']:.0f})", "<= 30 us", added <= 30))
+    added_bp = lat["respmesh-busy-poll"] - lat["direct"]
+    checks.append(("  the same with --busy-poll 50us", f"{added_bp:.0f} us (respmesh --busy-poll 50us {lat['respmesh-busy-poll']:.0f})", "<= 30 us", added_bp <= 30))
     checks.append(("RSS idle", f"{rss_idle / 1024:.1f} MiB (twemproxy {tw_idle / 1024:.1f})", "<= 10 MiB", rss_idle <= 10 * 1024))
     checks.append(("RSS per idle client connection (1,000)", f"{per_conn:.1f} KiB (twemproxy {tw_per_conn:.1f})", "<= 16 KiB", per_conn <= 16))
     for what, got, want, ok in checks:
         print(f"  {what:<40} {got:<60} target {want:<9} {'met' if ok else 'NOT met'}")
+    print()
+    print(f"  One client, P1, proxy CPU per request: twemproxy {lat_cpu['twemproxy']:.1f} us, respmesh {lat_cpu['respmesh']:.1f} us, "
+          f"respmesh --busy-poll 50us {lat_cpu['respmesh-busy-poll']:.1f} us (it polls while it waits)")
     if one_cpu:
         print()
         print(f"  For reference, every process on one CPU (no cross-CPU wake-ups): p50 direct {one_cpu['direct']:.0f} us, "
