@@ -13,6 +13,9 @@ use crate::Duration;
 
 pub const API_VERSION: &str = "proxy.respmesh.io/v1alpha1";
 pub const KIND: &str = "ProxyConfig";
+/// The longest `--busy-poll` window the proxy accepts (the webhook checks annotations against
+/// it too): beyond it a worker would stay busy through pauses that are no longer short.
+pub const MAX_BUSY_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The whole configuration of one proxy.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

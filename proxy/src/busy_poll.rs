@@ -20,10 +20,6 @@ use std::time::{Duration, Instant};
 
 use crate::metrics::WorkerStats;
 
-/// The longest window accepted: beyond it a worker would stay busy through pauses that are no
-/// longer short.
-pub const MAX_WINDOW: Duration = Duration::from_secs(1);
-
 /// Under steady traffic the poller never parks; its time is counted at least this often.
 const COUNT_EVERY: Duration = Duration::from_millis(100);
 

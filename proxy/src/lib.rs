@@ -75,10 +75,10 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         Source::Fixed(cfg) => Runtime::build((**cfg).clone(), 1)?,
     };
     anyhow::ensure!(
-        opts.busy_poll <= busy_poll::MAX_WINDOW,
+        opts.busy_poll <= respmesh_api::proxy::MAX_BUSY_POLL,
         "--busy-poll {:?} is longer than the {:?} allowed",
         opts.busy_poll,
-        busy_poll::MAX_WINDOW
+        respmesh_api::proxy::MAX_BUSY_POLL
     );
     if opts.workers > 1 && rt.listeners.iter().any(|(a, _)| a.port() == 0) {
         anyhow::bail!("a listener on port 0 needs --workers 1 (each worker would get its own port)");

@@ -132,14 +132,15 @@ pub fn decide(pod: &Value, namespace: &str, cfg: &InjectConfig, ports: &[u16]) -
             message: format!("{log_level:?} is not a log level"),
         });
     }
-    // The proxy refuses windows over 1s; refused here, the pod's author sees why.
+    // The proxy would refuse a longer window; refused here, the pod's author sees why.
+    let max = respmesh_api::proxy::MAX_BUSY_POLL;
     let busy_poll = match annotation(BUSY_POLL_ANNOTATION) {
         Some(text) => match respmesh_api::Duration::parse(text) {
-            Ok(d) if d.get() <= std::time::Duration::from_secs(1) => Some(text.to_owned()),
+            Ok(d) if d.get() <= max => Some(text.to_owned()),
             Ok(_) => {
                 return Err(AnnotationError {
                     annotation: BUSY_POLL_ANNOTATION,
-                    message: format!("{text:?} is longer than the 1s allowed"),
+                    message: format!("{text:?} is longer than the {max:?} allowed"),
                 });
             }
             Err(e) => return Err(AnnotationError { annotation: BUSY_POLL_ANNOTATION, message: e.to_string() }),
