@@ -21,6 +21,8 @@ use crate::signal::Signal;
 /// Output buffers larger than this are released once written, so that one large reply does not
 /// pin memory for the rest of an idle connection's life.
 const KEEP_OUT_CAPACITY: usize = 64 * 1024;
+/// Queues of replies keep room for this many entries when empty (a long pipeline made them grow).
+const KEEP_QUEUED: usize = 4096;
 
 /// Unsent bytes of a relayed stream (messages, MONITOR lines) a client may have before it is
 /// disconnected: Redis's default hard limit for pub/sub clients.
@@ -90,6 +92,8 @@ struct Out {
     batch_ends: VecDeque<Seq>,
     /// Relayed bytes (messages, MONITOR lines) are waiting: write without holding.
     urgent: bool,
+    /// A large reply went into `buf`: its memory is given back once written.
+    large: bool,
 }
 
 /// Consecutive requests `first..first + len` whose replies the client gets as one.
@@ -320,6 +324,7 @@ impl Client {
         if out.gone {
             return Ok(true);
         }
+        out.large |= out.buf.len() > KEEP_OUT_CAPACITY;
         while !out.buf.is_empty() {
             match self.stream.try_write(&out.buf) {
                 Ok(n) => out.buf.advance(n),
@@ -340,8 +345,17 @@ impl Client {
         while out.batch_ends.front().is_some_and(|&end| end <= head) {
             out.batch_ends.pop_front();
         }
-        if out.buf.capacity() > KEEP_OUT_CAPACITY {
+        // Once written, what a large reply or a long pipeline made grow is given back (the
+        // capacity of `buf`, seen after `advance`, is not the memory it holds: hence `large`).
+        if out.large || out.buf.capacity() > KEEP_OUT_CAPACITY {
             out.buf = BytesMut::new();
+            out.large = false;
+        }
+        if out.parked.is_empty() && out.parked.capacity() > KEEP_QUEUED {
+            out.parked = VecDeque::new();
+        }
+        if out.batch_ends.is_empty() && out.batch_ends.capacity() > KEEP_QUEUED {
+            out.batch_ends = VecDeque::new();
         }
         Ok(true)
     }

@@ -11,7 +11,8 @@
 //! - [`kube_source`]: the configuration from a ConfigMap and Secret, watched through the API;
 //! - [`admin`] and [`metrics`]: `/metrics`, `/ready`, `/live`, `/config`;
 //! - [`replies`]: every reply the proxy makes itself.
-#![forbid(unsafe_code)]
+// No unsafe code, except in `memory`: two calls into glibc's allocator, which has no safe API.
+#![deny(unsafe_code)]
 
 pub mod admin;
 pub mod busy_poll;
@@ -20,6 +21,8 @@ pub mod cluster;
 pub mod command;
 pub mod config;
 pub mod kube_source;
+#[allow(unsafe_code)]
+pub mod memory;
 pub mod metrics;
 pub mod net;
 pub mod registry;
@@ -95,6 +98,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let (gen_tx, gen_rx) = watch::channel(1u64);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
+    memory::configure();
     let mut threads = Vec::new();
     for id in 0..opts.workers.max(1) {
         threads.push(worker::spawn(worker::WorkerSetup {
@@ -110,6 +114,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
 
     let main_rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     main_rt.block_on(async move {
+        tokio::spawn(memory::give_back_freed_memory());
         let state = Arc::new(AdminState { config: config.clone(), metrics: metrics.clone(), ready: ready.clone() });
         if let Some(addr) = opts.admin {
             let listener = tokio::net::TcpListener::bind(addr)

@@ -282,12 +282,15 @@ impl Session {
             }
         }
         self.client.end_batch();
-        // Keep the unparsed tail (and any capacity reserved for it).
+        // Keep the unparsed tail (and any capacity reserved for it). A buffer that a large
+        // request made large is dropped once drained: its capacity, seen after `advance`, is
+        // only what is left past the data, not the memory it holds.
         let mut buf = buf;
+        let large = buf.len() > KEEP_READ_CAPACITY;
         buf.advance(off);
         if self.rbuf.capacity() > 0 {
             self.rbuf.extend_from_slice(&buf);
-        } else if buf.is_empty() && buf.capacity() > KEEP_READ_CAPACITY {
+        } else if buf.is_empty() && (large || buf.capacity() > KEEP_READ_CAPACITY) {
             self.rbuf = BytesMut::new();
         } else {
             self.rbuf = buf;

@@ -74,6 +74,12 @@ impl Redirect {
 }
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 const READ_SPARE: usize = 16 * 1024;
+/// Buffers that a large value made grow past this are given back once empty.
+const KEEP_CAPACITY: usize = 256 * 1024;
+/// Replies read since the clients were last written to, past which they are written at once.
+const FLUSH_EVERY: usize = 256 * 1024;
+/// The line of replies in flight keeps room for this many when empty.
+const KEEP_INFLIGHT: usize = 4096;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -197,6 +203,9 @@ struct Inner {
     batch_left: usize,
     one_batch: bool,
     inflight: VecDeque<InFlight>,
+    /// A large request (or a long pipeline) went through `wbuf`: its memory is given back
+    /// once the log is empty, so that one large value does not stay in an idle proxy.
+    wbuf_large: bool,
     /// Raw relay: every byte read goes to this client.
     raw: Option<Rc<Client>>,
     /// MONITOR over a cluster: this node's lines go to the client, whole.
@@ -222,6 +231,20 @@ struct Monitor {
 }
 
 impl Inner {
+    /// Gives back the memory that a large request or a long pipeline made the log and the line
+    /// of replies grow to, once both are empty again.
+    fn release_large_buffers(&mut self) {
+        self.wbuf_large |= self.wbuf.len() > KEEP_CAPACITY;
+        if self.wbuf_large && self.wbuf.is_empty() {
+            self.wbuf = BytesMut::new();
+            self.written = 0;
+            self.wbuf_large = false;
+        }
+        if self.inflight.is_empty() && self.inflight.capacity() > KEEP_INFLIGHT {
+            self.inflight = VecDeque::new();
+        }
+    }
+
     /// Queues a request to write and its place in the line of replies.
     fn queue(&mut self, frame: &[u8], mut f: InFlight) {
         self.wbuf.extend_from_slice(frame);
@@ -351,6 +374,7 @@ impl Upstream {
                 batch_left: 0,
                 one_batch: spec.kind == Kind::Shared,
                 inflight: VecDeque::new(),
+                wbuf_large: false,
                 raw: None,
                 monitor: None,
                 pushes: None,
@@ -792,6 +816,8 @@ impl Upstream {
     /// Runs one established connection until it fails; returns why.
     async fn serve(&self, stream: &TcpStream) -> String {
         let mut rbuf = BytesMut::with_capacity(READ_SPARE);
+        let mut rbuf_large = false;
+        let mut unflushed = 0;
         let mut scanner = ReplyScanner::new(self.max_depth.get());
         let mut touched: Vec<Rc<Client>> = Vec::new();
         let timer = tokio::time::sleep(Duration::from_secs(3600));
@@ -802,6 +828,7 @@ impl Upstream {
             {
                 let mut inner = self.inner.borrow_mut();
                 inner.wake_queued = false;
+                inner.release_large_buffers();
                 if !inner.one_batch || (inner.awaiting == 0 && inner.batch_left == 0) {
                     // A new batch: everything queued.
                     let fresh = inner.batch_left == 0;
@@ -846,13 +873,32 @@ impl Upstream {
                     if ready.is_readable() || ready.is_read_closed() {
                         loop {
                             match read_some(stream, &mut rbuf, READ_SPARE) {
-                                Ok(Read::Data(_)) => {
+                                Ok(Read::Data(n)) => {
+                                    rbuf_large |= rbuf.len() > KEEP_CAPACITY;
                                     if let Err(why) = self.dispatch(&mut rbuf, &mut scanner, &mut touched) {
                                         self.flush_touched(&mut touched);
                                         return why;
                                     }
+                                    // Replies that keep coming (large values, a long pipeline)
+                                    // go out as they come rather than pile up in the proxy
+                                    // until Redis pauses: a client that is gone is then known
+                                    // as such, and what it asked for is dropped, not kept.
+                                    unflushed += n;
+                                    if unflushed >= FLUSH_EVERY {
+                                        unflushed = 0;
+                                        for c in touched.drain(..) {
+                                            c.flush_from_upstream();
+                                        }
+                                    }
                                 }
-                                Ok(Read::WouldBlock) => break,
+                                Ok(Read::WouldBlock) => {
+                                    if rbuf_large && rbuf.is_empty() {
+                                        // A large reply has gone: so does the memory it took.
+                                        rbuf = BytesMut::with_capacity(READ_SPARE);
+                                        rbuf_large = false;
+                                    }
+                                    break;
+                                }
                                 Ok(Read::Eof) => {
                                     self.flush_touched(&mut touched);
                                     return "connection closed by Redis".into();
@@ -864,6 +910,7 @@ impl Upstream {
                             }
                         }
                         self.flush_touched(&mut touched);
+                        unflushed = 0;
                     }
                 }
                 _ = self.wake.wait() => {}

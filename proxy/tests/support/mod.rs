@@ -256,6 +256,26 @@ impl Proxy {
         self.child.as_ref().unwrap().id()
     }
 
+    /// A memory figure of the proxy process from /proc, in KiB: `VmRSS` (resident now) or
+    /// `VmHWM` (the highest it has been).
+    pub fn memory_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let line = status.lines().find(|l| l.starts_with(&format!("{field}:"))).expect("field in /proc status");
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// Waits up to `timeout` for the resident memory to be at most `kib`; returns the last figure.
+    pub fn wait_rss_at_most(&self, kib: u64, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let rss = self.memory_kib("VmRSS");
+            if rss <= kib || Instant::now() > deadline {
+                return rss;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Sends SIGTERM and waits for the process to end; returns its exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().unwrap();
