@@ -21,6 +21,9 @@ use crate::signal::Signal;
 /// Output buffers larger than this are released once written, so that one large reply does not
 /// pin memory for the rest of an idle connection's life.
 const KEEP_OUT_CAPACITY: usize = 64 * 1024;
+/// An output buffer that held more than this (a large reply: usual writes stop near
+/// `HOLD_LIMIT`) is given back once written.
+const RELEASE_OUT_ABOVE: usize = 256 * 1024;
 /// Queues of replies keep room for this many entries when empty (a long pipeline made them grow).
 const KEEP_QUEUED: usize = 4096;
 
@@ -324,7 +327,7 @@ impl Client {
         if out.gone {
             return Ok(true);
         }
-        out.large |= out.buf.len() > KEEP_OUT_CAPACITY;
+        out.large |= out.buf.len() > RELEASE_OUT_ABOVE;
         while !out.buf.is_empty() {
             match self.stream.try_write(&out.buf) {
                 Ok(n) => out.buf.advance(n),

@@ -33,6 +33,9 @@ const READ_SPARE: usize = 4 * 1024;
 const WAIT_MARKER: &[u8] = b"*3\r\n$7\r\nPUBLISH\r\n$22\r\n__respmesh__:wait:sync\r\n$0\r\n\r\n";
 /// A client read buffer larger than this is released once empty.
 const KEEP_READ_CAPACITY: usize = 64 * 1024;
+/// A read buffer that held more than this (a large value, not a usual pipeline) is given back
+/// once drained.
+const RELEASE_READ_ABOVE: usize = 256 * 1024;
 /// Stop reading a client's commands while this much of its output is unsent.
 const MAX_UNSENT_OUTPUT: usize = 256 * 1024 * 1024;
 
@@ -286,7 +289,7 @@ impl Session {
         // request made large is dropped once drained: its capacity, seen after `advance`, is
         // only what is left past the data, not the memory it holds.
         let mut buf = buf;
-        let large = buf.len() > KEEP_READ_CAPACITY;
+        let large = buf.len() > RELEASE_READ_ABOVE;
         buf.advance(off);
         if self.rbuf.capacity() > 0 {
             self.rbuf.extend_from_slice(&buf);

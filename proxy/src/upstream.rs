@@ -74,8 +74,9 @@ impl Redirect {
 }
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 const READ_SPARE: usize = 16 * 1024;
-/// Buffers that a large value made grow past this are given back once empty.
-const KEEP_CAPACITY: usize = 256 * 1024;
+/// Buffers that a large value made grow past this are given back once empty. (Batches this
+/// large are rare enough that steady traffic does not reallocate them each time.)
+const KEEP_CAPACITY: usize = 1024 * 1024;
 /// Replies read since the clients were last written to, past which they are written at once.
 const FLUSH_EVERY: usize = 256 * 1024;
 /// The line of replies in flight keeps room for this many when empty.
