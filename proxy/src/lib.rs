@@ -10,8 +10,9 @@
 //! - [`config`] and [`reload`]: the running configuration and its hot reload from a file;
 //! - [`kube_source`]: the configuration from a ConfigMap and Secret, watched through the API;
 //! - [`admin`] and [`metrics`]: `/metrics`, `/ready`, `/live`, `/config`;
-//! - [`replies`]: every reply the proxy makes itself.
-// No unsafe code, except in `memory`: two calls into glibc's allocator, which has no safe API.
+//! - [`replies`]: every reply the proxy makes itself;
+//! - [`memory`]: giving freed memory back; [`os`]: the calls into the C library.
+// No unsafe code, except in `os`: the calls into the C library (allocator, open-file limit).
 #![deny(unsafe_code)]
 
 pub mod admin;
@@ -21,10 +22,11 @@ pub mod cluster;
 pub mod command;
 pub mod config;
 pub mod kube_source;
-#[allow(unsafe_code)]
 pub mod memory;
 pub mod metrics;
 pub mod net;
+#[allow(unsafe_code)]
+pub mod os;
 pub mod registry;
 pub mod reload;
 pub mod replies;
@@ -43,7 +45,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::admin::AdminState;
 use crate::config::Runtime;
@@ -99,6 +101,12 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     memory::configure();
+    // Each client costs a file descriptor, and so does each upstream connection: take what
+    // the system allows rather than the soft limit (often 1024) a container starts with.
+    match os::raise_open_file_limit() {
+        Ok(limit) => info!(limit, "open-file limit"),
+        Err(e) => warn!(error = %e, "cannot read or raise the open-file limit"),
+    }
     let mut threads = Vec::new();
     for id in 0..opts.workers.max(1) {
         threads.push(worker::spawn(worker::WorkerSetup {

@@ -27,55 +27,22 @@ pub const KEEP_FREE_TOP: usize = 1 << 20;
 
 /// Sets the allocator's thresholds; called once, at startup.
 pub fn configure() {
-    set_thresholds(MMAP_ABOVE, KEEP_FREE_TOP);
+    crate::os::set_malloc_thresholds(MMAP_ABOVE, KEEP_FREE_TOP);
 }
 
 /// Runs for the life of the process (spawned on the main runtime).
 pub async fn give_back_freed_memory() {
-    let mut trimmed_at = free_bytes();
+    let mut trimmed_at = crate::os::malloc_free_bytes();
     let mut tick = tokio::time::interval(PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let free = free_bytes();
+        let free = crate::os::malloc_free_bytes();
         if free >= trimmed_at + TRIM_AFTER {
-            trim();
+            crate::os::malloc_trim();
             tracing::debug!(free_mib = free >> 20, "gave freed memory back to the system");
         }
         // Reused memory lowers the mark: freeing it again counts as new.
         trimmed_at = if free >= trimmed_at + TRIM_AFTER { free } else { trimmed_at.min(free) };
     }
 }
-
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn free_bytes() -> usize {
-    // SAFETY: mallinfo2 only reads the allocator's statistics.
-    unsafe { libc::mallinfo2() }.fordblks
-}
-
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn trim() {
-    // SAFETY: malloc_trim may be called at any time from any thread.
-    unsafe { libc::malloc_trim(0) };
-}
-
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn set_thresholds(mmap: usize, top: usize) {
-    // SAFETY: mallopt only changes allocator parameters (under the allocator's lock).
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, mmap as libc::c_int);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, top as libc::c_int);
-    }
-}
-
-// Other allocators (musl's among them) give memory back by themselves.
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn free_bytes() -> usize {
-    0
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn trim() {}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn set_thresholds(_: usize, _: usize) {}

@@ -1,5 +1,6 @@
 //! Operating the proxy: the admin endpoint, configuration reload without dropping
-//! connections, rejection of a bad configuration, graceful shutdown, JSON logs.
+//! connections, rejection of a bad configuration, graceful shutdown, JSON logs, the open-file
+//! limit.
 
 mod support;
 
@@ -7,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{Proxy, Redis, config_yaml};
+use support::{Conn, Proxy, Redis, config_yaml};
 
 #[test]
 fn admin_endpoint_reports_health_metrics_and_redacted_config() {
@@ -279,4 +280,29 @@ fn a_busy_poll_window_over_one_second_is_refused() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--busy-poll 2s is longer than the 1s allowed"), "{err}");
+}
+
+/// A container often starts processes with a soft limit of 1024 open files; every client
+/// connection costs one. The proxy takes the hard limit instead, so clients past the soft limit
+/// are served, not refused.
+#[test]
+fn the_proxy_takes_the_open_file_limit_the_system_allows() {
+    let hard: u64 = String::from_utf8(Command::new("sh").args(["-c", "ulimit -Hn"]).output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .expect("a finite hard limit on open files");
+    assert!(hard >= 400, "this test needs a hard limit of at least 400 open files, not {hard}");
+    let redis = Redis::start();
+    let proxy = Proxy::start_args_open_files(&["--upstream", &redis.addr()], 64);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", proxy.pid())).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap().to_string();
+    let soft: u64 = line.split_whitespace().nth(3).unwrap().parse().unwrap();
+    assert_eq!(soft, hard, "{line}");
+    assert!(proxy.log().contains(&format!("limit={hard}")), "the limit in force is logged");
+    // Five times the limit the process started with.
+    let mut clients: Vec<Conn> = (0..320).map(|_| proxy.conn()).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        assert_eq!(c.cmd(&["ECHO", &i.to_string()]), format!("${}\r\n{i}\r\n", i.to_string().len()));
+    }
 }

@@ -163,14 +163,37 @@ impl Proxy {
         Proxy::spawn(vec!["--config".into(), path.to_str().unwrap().into()], Some(path.to_path_buf()), dir)
     }
 
-    fn spawn(mut args: Vec<String>, config_path: Option<PathBuf>, dir: tempfile::TempDir) -> Proxy {
+    /// Runs the proxy (one-liner form) in a process whose soft open-file limit starts at `soft`.
+    pub fn start_args_open_files(args: &[&str], soft: u32) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        let mut all: Vec<String> = vec!["--listen".into(), "127.0.0.1:0".into()];
+        all.extend(args.iter().map(|s| s.to_string()));
+        Proxy::spawn_with(all, None, dir, Some(soft))
+    }
+
+    fn spawn(args: Vec<String>, config_path: Option<PathBuf>, dir: tempfile::TempDir) -> Proxy {
+        Proxy::spawn_with(args, config_path, dir, None)
+    }
+
+    fn spawn_with(
+        mut args: Vec<String>,
+        config_path: Option<PathBuf>,
+        dir: tempfile::TempDir,
+        soft_open_files: Option<u32>,
+    ) -> Proxy {
         args.extend(["--admin".into(), "127.0.0.1:0".into(), "--log-level".into(), "info".into()]);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_respmesh-proxy"))
-            .args(&args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn respmesh-proxy");
+        let bin = env!("CARGO_BIN_EXE_respmesh-proxy");
+        let mut cmd = match soft_open_files {
+            // The shell sets the limit, then becomes the proxy (same pid).
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.args(["-c", &format!("ulimit -Sn {n} && exec \"$0\" \"$@\""), bin]);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let mut child =
+            cmd.args(&args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn respmesh-proxy");
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
