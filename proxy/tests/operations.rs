@@ -294,7 +294,7 @@ fn the_proxy_takes_the_open_file_limit_the_system_allows() {
         .expect("a finite hard limit on open files");
     assert!(hard >= 400, "this test needs a hard limit of at least 400 open files, not {hard}");
     let redis = Redis::start();
-    let proxy = Proxy::start_args_open_files(&["--upstream", &redis.addr()], 64);
+    let proxy = Proxy::start_args_open_files(&["--upstream", &redis.addr()], "-Sn 64");
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", proxy.pid())).unwrap();
     let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap().to_string();
     let soft: u64 = line.split_whitespace().nth(3).unwrap().parse().unwrap();
@@ -304,5 +304,30 @@ fn the_proxy_takes_the_open_file_limit_the_system_allows() {
     let mut clients: Vec<Conn> = (0..320).map(|_| proxy.conn()).collect();
     for (i, c) in clients.iter_mut().enumerate() {
         assert_eq!(c.cmd(&["ECHO", &i.to_string()]), format!("${}\r\n{i}\r\n", i.to_string().len()));
+    }
+}
+
+/// Out of file descriptors all the same (a hard limit of 48 here): the proxy stops accepting for
+/// a moment, says why, does not spin, keeps serving the clients it has, and takes the waiting
+/// clients in once descriptors are free again.
+#[test]
+fn out_of_open_files_the_proxy_pauses_accepting_and_resumes() {
+    let redis = Redis::start();
+    let mut proxy = Proxy::start_args_open_files(&["--upstream", &redis.addr()], "-n 48");
+    proxy.allow_warning("cannot accept a connection");
+    let mut first = proxy.conn();
+    assert_eq!(first.cmd(&["SET", "k", "v"]), "+OK\r\n");
+    // More clients than descriptors: the kernel queues the rest of them for the proxy.
+    let mut clients: Vec<Conn> = (0..60).map(|_| proxy.conn()).collect();
+    assert!(proxy.wait_log("cannot accept a connection", Duration::from_secs(5)), "the pause is logged");
+    let cpu = cpu_over(proxy.pid(), Duration::from_millis(500));
+    assert!(cpu < Duration::from_millis(50), "the proxy used {cpu:?} of CPU in 500 ms waiting for descriptors");
+    assert_eq!(first.cmd(&["GET", "k"]), "$1\r\nv\r\n");
+    // The first ones got in; closing them lets the others in.
+    let waiting = clients.split_off(20);
+    drop(clients);
+    for mut c in waiting.into_iter().take(20) {
+        c.set_timeout(Duration::from_secs(5));
+        assert_eq!(c.cmd(&["GET", "k"]), "$1\r\nv\r\n");
     }
 }

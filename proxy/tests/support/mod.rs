@@ -163,12 +163,13 @@ impl Proxy {
         Proxy::spawn(vec!["--config".into(), path.to_str().unwrap().into()], Some(path.to_path_buf()), dir)
     }
 
-    /// Runs the proxy (one-liner form) in a process whose soft open-file limit starts at `soft`.
-    pub fn start_args_open_files(args: &[&str], soft: u32) -> Proxy {
+    /// Runs the proxy (one-liner form) under a shell's `ulimit` on open files, e.g. `-Sn 64`
+    /// (the soft limit) or `-n 48` (both).
+    pub fn start_args_open_files(args: &[&str], ulimit: &str) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
         let mut all: Vec<String> = vec!["--listen".into(), "127.0.0.1:0".into()];
         all.extend(args.iter().map(|s| s.to_string()));
-        Proxy::spawn_with(all, None, dir, Some(soft))
+        Proxy::spawn_with(all, None, dir, Some(ulimit))
     }
 
     fn spawn(args: Vec<String>, config_path: Option<PathBuf>, dir: tempfile::TempDir) -> Proxy {
@@ -179,15 +180,15 @@ impl Proxy {
         mut args: Vec<String>,
         config_path: Option<PathBuf>,
         dir: tempfile::TempDir,
-        soft_open_files: Option<u32>,
+        ulimit: Option<&str>,
     ) -> Proxy {
         args.extend(["--admin".into(), "127.0.0.1:0".into(), "--log-level".into(), "info".into()]);
         let bin = env!("CARGO_BIN_EXE_respmesh-proxy");
-        let mut cmd = match soft_open_files {
+        let mut cmd = match ulimit {
             // The shell sets the limit, then becomes the proxy (same pid).
-            Some(n) => {
+            Some(limit) => {
                 let mut c = Command::new("sh");
-                c.args(["-c", &format!("ulimit -Sn {n} && exec \"$0\" \"$@\""), bin]);
+                c.args(["-c", &format!("ulimit {limit} && exec \"$0\" \"$@\""), bin]);
                 c
             }
             None => Command::new(bin),
