@@ -154,13 +154,15 @@ fn json_logs_are_one_object_per_line() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
+    let lines: Vec<String> = BufReader::new(child.stderr.take().unwrap()).lines().take(2).map(Result::unwrap).collect();
     let _ = child.kill();
     let _ = child.wait();
-    let v: serde_json::Value = serde_json::from_str(&first).unwrap_or_else(|e| panic!("{e}: {first}"));
-    assert_eq!(v["level"], "INFO");
-    assert_eq!(v["fields"]["message"], "listening");
+    let parsed: Vec<serde_json::Value> =
+        lines.iter().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    assert!(parsed.iter().all(|v| v["level"] == "INFO"), "{lines:?}");
+    assert_eq!(parsed[0]["fields"]["message"], "open-file limit");
+    assert!(parsed[0]["fields"]["limit"].as_u64().is_some_and(|n| n > 0), "{}", lines[0]);
+    assert_eq!(parsed[1]["fields"]["message"], "listening");
 }
 
 #[test]
