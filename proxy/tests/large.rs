@@ -69,8 +69,9 @@ fn after_a_burst_of_clients_with_large_values_the_idle_proxy_is_back_to_its_size
         t.join().unwrap();
     }
     let peak = proxy.memory_kib("VmHWM");
-    let rss = proxy.wait_rss_at_most(idle + 4 * 1024, Duration::from_secs(5));
-    assert!(rss <= idle + 4 * 1024, "resident memory {rss} KiB after the burst (peak {peak}), {idle} KiB before");
+    // The allocator may keep up to 4 MiB freed since its last trim, plus some fragmentation.
+    let rss = proxy.wait_rss_at_most(idle + 8 * 1024, Duration::from_secs(5));
+    assert!(rss <= idle + 8 * 1024, "resident memory {rss} KiB after the burst (peak {peak}), {idle} KiB before");
 }
 
 /// Clients that pipeline requests for large values and leave without reading: the replies
