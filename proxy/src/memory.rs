@@ -41,8 +41,10 @@ pub async fn give_back_freed_memory() {
         if free >= trimmed_at + TRIM_AFTER {
             crate::os::malloc_trim();
             tracing::debug!(free_mib = free >> 20, "gave freed memory back to the system");
+            trimmed_at = free;
+        } else {
+            // Reused memory lowers the mark: freeing it again counts as new.
+            trimmed_at = trimmed_at.min(free);
         }
-        // Reused memory lowers the mark: freeing it again counts as new.
-        trimmed_at = if free >= trimmed_at + TRIM_AFTER { free } else { trimmed_at.min(free) };
     }
 }
