@@ -901,3 +901,44 @@ fn client_tracking_gets_invalidations_from_every_node_it_read_from() {
     c.send(&["PING"]);
     assert!(c.is_closed(), "the tracking client is let go");
 }
+
+/// CLUSTER mode gives memory back like standalone: the replies for clients that left are
+/// dropped as they come (node connections write replies out every 256 KiB rather than only when
+/// a node pauses), not collected; and a 64 MiB value leaves the idle proxy near its idle size
+/// while the client stays connected.
+#[test]
+fn clients_that_leave_and_large_values_take_no_memory_for_good() {
+    let cluster = Cluster::start();
+    let proxy = proxy_for(&cluster);
+    let mut c = proxy.conn();
+    c.set_timeout(Duration::from_secs(60));
+    c.send_raw(&Conn::encode(&[b"SET", b"mib", &vec![b'm'; 1 << 20]]));
+    assert_eq!(c.read_reply(), b"+OK\r\n");
+    let mut leaving: Vec<Conn> = (0..16).map(|_| proxy.conn()).collect();
+    for l in &mut leaving {
+        assert_eq!(l.cmd(&["PING"]), "+PONG\r\n");
+    }
+    let before = proxy.memory_kib("VmHWM");
+    // 16 x 64 MiB of replies asked for, none read.
+    for l in &mut leaving {
+        l.send_raw(&b"*2\r\n$3\r\nGET\r\n$3\r\nmib\r\n".repeat(64));
+    }
+    drop(leaving);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while proxy.metric("respmesh_proxy_client_connections") > 1.0 {
+        assert!(std::time::Instant::now() < deadline, "client connections are still open in the proxy");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let peak = proxy.memory_kib("VmHWM");
+    assert!(peak <= before + 32 * 1024, "the proxy's resident memory peaked at {peak} KiB ({before} KiB before)");
+
+    let idle = proxy.wait_rss_at_most(before, Duration::from_secs(5));
+    let value = vec![b'v'; 64 << 20];
+    c.send_raw(&Conn::encode(&[b"SET", b"large", &value]));
+    assert_eq!(c.read_reply(), b"+OK\r\n");
+    c.send(&["GET", "large"]);
+    assert_eq!(c.read_reply().len(), "$67108864\r\n".len() + value.len() + 2);
+    let rss = proxy.wait_rss_at_most(idle + 16 * 1024, Duration::from_secs(5));
+    assert!(rss <= idle + 16 * 1024, "resident memory {rss} KiB after the value passed, {idle} KiB before");
+    assert_eq!(c.cmd(&["GET", "missing"]), "$-1\r\n");
+}
