@@ -914,22 +914,8 @@ fn clients_that_leave_and_large_values_take_no_memory_for_good() {
     c.set_timeout(Duration::from_secs(60));
     c.send_raw(&Conn::encode(&[b"SET", b"mib", &vec![b'm'; 1 << 20]]));
     assert_eq!(c.read_reply(), b"+OK\r\n");
-    let mut leaving: Vec<Conn> = (0..16).map(|_| proxy.conn()).collect();
-    for l in &mut leaving {
-        assert_eq!(l.cmd(&["PING"]), "+PONG\r\n");
-    }
-    let before = proxy.memory_kib("VmHWM");
     // 16 x 64 MiB of replies asked for, none read.
-    for l in &mut leaving {
-        l.send_raw(&b"*2\r\n$3\r\nGET\r\n$3\r\nmib\r\n".repeat(64));
-    }
-    drop(leaving);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while proxy.metric("respmesh_proxy_client_connections") > 1.0 {
-        assert!(std::time::Instant::now() < deadline, "client connections are still open in the proxy");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let peak = proxy.memory_kib("VmHWM");
+    let (before, peak) = proxy.peak_memory_around_clients_that_leave("mib");
     assert!(peak <= before + 32 * 1024, "the proxy's resident memory peaked at {peak} KiB ({before} KiB before)");
 
     let idle = proxy.wait_rss_at_most(before, Duration::from_secs(5));

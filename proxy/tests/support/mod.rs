@@ -288,6 +288,28 @@ impl Proxy {
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
 
+    /// 16 clients each ask for 64 copies of `key`'s value and leave without reading a byte.
+    /// Returns the proxy's peak resident memory (KiB) before they asked and once it has closed
+    /// their connections (the client connections open before stay open).
+    pub fn peak_memory_around_clients_that_leave(&self, key: &str) -> (u64, u64) {
+        let open_before = self.metric("respmesh_proxy_client_connections");
+        let mut clients: Vec<Conn> = (0..16).map(|_| self.conn()).collect();
+        for c in &mut clients {
+            assert_eq!(c.cmd(&["PING"]), "+PONG\r\n");
+        }
+        let before = self.memory_kib("VmHWM");
+        for c in &mut clients {
+            c.send_raw(&Conn::encode(&[b"GET", key.as_bytes()]).repeat(64));
+        }
+        drop(clients);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.metric("respmesh_proxy_client_connections") > open_before {
+            assert!(Instant::now() < deadline, "client connections are still open in the proxy");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (before, self.memory_kib("VmHWM"))
+    }
+
     /// Waits up to `timeout` for the resident memory to be at most `kib`; returns the last figure.
     pub fn wait_rss_at_most(&self, kib: u64, timeout: Duration) -> u64 {
         let deadline = Instant::now() + timeout;
