@@ -143,10 +143,14 @@ pub struct Proxy {
 impl Proxy {
     /// Runs the proxy with command-line flags (the one-liner form).
     pub fn start_args(args: &[&str]) -> Proxy {
-        let dir = tempfile::tempdir().unwrap();
+        Proxy::spawn(Proxy::one_liner(args), None, tempfile::tempdir().unwrap())
+    }
+
+    /// The one-liner's flags: `args` on a free loopback port.
+    fn one_liner(args: &[&str]) -> Vec<String> {
         let mut all: Vec<String> = vec!["--listen".into(), "127.0.0.1:0".into()];
         all.extend(args.iter().map(|s| s.to_string()));
-        Proxy::spawn(all, None, dir)
+        all
     }
 
     /// Runs the proxy with a configuration file whose listener should use port 0.
@@ -166,10 +170,7 @@ impl Proxy {
     /// Runs the proxy (one-liner form) under a shell's `ulimit` on open files, e.g. `-Sn 64`
     /// (the soft limit) or `-n 48` (both).
     pub fn start_args_open_files(args: &[&str], ulimit: &str) -> Proxy {
-        let dir = tempfile::tempdir().unwrap();
-        let mut all: Vec<String> = vec!["--listen".into(), "127.0.0.1:0".into()];
-        all.extend(args.iter().map(|s| s.to_string()));
-        Proxy::spawn_with(all, None, dir, Some(ulimit))
+        Proxy::spawn_with(Proxy::one_liner(args), None, tempfile::tempdir().unwrap(), Some(ulimit))
     }
 
     fn spawn(args: Vec<String>, config_path: Option<PathBuf>, dir: tempfile::TempDir) -> Proxy {
