@@ -32,6 +32,9 @@ pub(crate) struct Tracking {
     caching: Option<Bytes>,
 }
 
+/// Classic pub/sub goes to the primary of this slot: PUBLISH counts the receivers on its own
+/// node only, so every proxy puts its subscribers and publishers on the same one.
+const PUBSUB_SLOT: u16 = 0;
 const CROSSSLOT: &[u8] = b"-CROSSSLOT Keys in request don't hash to the same slot\r\n";
 const SELECT_IN_CLUSTER: &[u8] = b"-ERR SELECT is not allowed in cluster mode\r\n";
 
@@ -574,13 +577,13 @@ impl Session {
                 }
                 None => self.reply_local(cmd, crate::replies::OK),
             },
-            // Classic pub/sub is broadcast over the whole cluster: any primary will do.
+            // Classic pub/sub: on the node where PUBLISH counts its receivers.
             Special::Subscribe if cmd.info().is_none_or(|i| i.name != "SSUBSCRIBE") => match self.pinned.clone() {
                 Some(p) if self.permanent => {
                     self.send(&p, frame, cmd, false);
                     Step::Done
                 }
-                _ => self.send_dedicated_node(frame, cmd, None, true, true),
+                _ => self.send_dedicated_node(frame, cmd, Some(PUBSUB_SLOT), true, true),
             },
             // Sharded pub/sub lives on the node of the channel's slot.
             Special::Subscribe => match self.command_slot(frame, spans, argc, cmd) {
@@ -1039,6 +1042,20 @@ impl Session {
             // Functions, like scripts, must exist on every node that may run them.
             ("FUNCTION", b"LOAD" | b"DELETE" | b"FLUSH" | b"RESTORE") => Some(Combine::Same),
             ("SCAN", _) => return self.cluster_scan(&router, frame, cmd),
+            // Classic pub/sub: a node counts only its own subscribers, so subscribers and
+            // publishers meet on one node, the same for every proxy.
+            ("PUBLISH", _) | ("PUBSUB", b"CHANNELS" | b"NUMSUB" | b"NUMPAT") => {
+                let Some(addr) = router.primary(PUBSUB_SLOT) else {
+                    return self.reply_local(cmd, b"-CLUSTERDOWN Hash slot not served\r\n");
+                };
+                let mut req = InFlight::new(self.client.clone(), self.client.issue(), cmd, self.now(), true);
+                req.hold = self.fault_delay;
+                router.node(&addr, self.proto).send_request(req, frame, false);
+                return Step::Done;
+            }
+            // Sharded channels live on the primary of their slot.
+            ("PUBSUB", b"SHARDCHANNELS") => Some(Combine::Concat),
+            ("PUBSUB", b"SHARDNUMSUB") => Some(Combine::ChannelCounts),
             // The server's settings, users and pauses: one Redis has one set of them, so
             // every node (replicas too) gets the change.
             ("CONFIG", b"SET" | b"RESETSTAT" | b"REWRITE")

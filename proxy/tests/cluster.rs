@@ -328,23 +328,52 @@ fn transactions_run_on_the_node_of_their_keys() {
 fn pubsub_and_sharded_pubsub_reach_subscribers() {
     let cluster = Cluster::start();
     let proxy = proxy_for(&cluster);
+    // A second sidecar in front of the same cluster: its publishers count this one's subscribers.
+    let other = proxy_for(&cluster);
     let mut sub = proxy.conn();
     sub.send(&["SUBSCRIBE", "news"]);
     assert_eq!(String::from_utf8_lossy(&sub.read_reply()), "*3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n");
-    let mut publisher = proxy.conn();
-    // Published through whichever node: the cluster broadcasts it.
-    for i in 0..3 {
-        publisher.cmd(&["PUBLISH", "news", &format!("m{i}")]);
+    let mut psub = other.conn();
+    psub.send(&["PSUBSCRIBE", "n*"]);
+    assert_eq!(String::from_utf8_lossy(&psub.read_reply()), "*3\r\n$10\r\npsubscribe\r\n$2\r\nn*\r\n:1\r\n");
+    for (i, proxy) in [&proxy, &other, &proxy].into_iter().enumerate() {
+        // As on one Redis, PUBLISH says how many received it.
+        assert_eq!(proxy.conn().cmd(&["PUBLISH", "news", &format!("m{i}")]), ":2\r\n", "publish {i}");
         assert_eq!(
             String::from_utf8_lossy(&sub.read_reply()),
             format!("*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$2\r\nm{i}\r\n")
         );
+        assert_eq!(
+            String::from_utf8_lossy(&psub.read_reply()),
+            format!("*4\r\n$8\r\npmessage\r\n$2\r\nn*\r\n$4\r\nnews\r\n$2\r\nm{i}\r\n")
+        );
     }
+    let mut publisher = other.conn();
+    assert_eq!(publisher.cmd(&["PUBSUB", "NUMSUB", "news", "none"]), "*4\r\n$4\r\nnews\r\n:1\r\n$4\r\nnone\r\n:0\r\n");
+    assert_eq!(publisher.cmd(&["PUBSUB", "NUMPAT"]), ":1\r\n");
+    assert_eq!(publisher.cmd(&["PUBSUB", "CHANNELS"]), "*1\r\n$4\r\nnews\r\n");
     let mut ssub = proxy.conn();
     ssub.send(&["SSUBSCRIBE", "orders"]);
     assert_eq!(String::from_utf8_lossy(&ssub.read_reply()), "*3\r\n$10\r\nssubscribe\r\n$6\r\norders\r\n:1\r\n");
+    let mut ssub2 = other.conn();
+    ssub2.send(&["SSUBSCRIBE", "invoices"]);
+    assert_eq!(String::from_utf8_lossy(&ssub2.read_reply()), "*3\r\n$10\r\nssubscribe\r\n$8\r\ninvoices\r\n:1\r\n");
     assert_eq!(publisher.cmd(&["SPUBLISH", "orders", "o1"]), ":1\r\n");
     assert_eq!(String::from_utf8_lossy(&ssub.read_reply()), "*3\r\n$8\r\nsmessage\r\n$6\r\norders\r\n$2\r\no1\r\n");
+    // The two sharded channels live on different primaries; the counts cover both.
+    let owner = |channel: &str| cluster.primary_for(slot_of(&cluster, channel)).port;
+    assert_ne!(owner("orders"), owner("invoices"), "channels on different primaries");
+    assert_eq!(
+        publisher.cmd(&["PUBSUB", "SHARDNUMSUB", "orders", "invoices", "none"]),
+        "*6\r\n$6\r\norders\r\n:1\r\n$8\r\ninvoices\r\n:1\r\n$4\r\nnone\r\n:0\r\n"
+    );
+    // In primary order: either way round.
+    let channels = publisher.cmd(&["PUBSUB", "SHARDCHANNELS"]);
+    assert!(
+        ["*2\r\n$6\r\norders\r\n$8\r\ninvoices\r\n", "*2\r\n$8\r\ninvoices\r\n$6\r\norders\r\n"]
+            .contains(&channels.as_str()),
+        "{channels:?}"
+    );
 }
 
 #[test]

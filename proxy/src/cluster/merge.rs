@@ -37,6 +37,9 @@ pub enum Combine {
     /// CLIENT TRACKING ON sent to every primary: as `Same`, and whether the nodes accepted it
     /// is kept in the cell for the session.
     Tracking(Rc<Cell<Option<bool>>>),
+    /// PUBSUB SHARDNUMSUB: channel names and counts in turn (an array, or a map in RESP3); each
+    /// channel's counts added up over the parts.
+    ChannelCounts,
     /// HELLO answered by a cluster node: what one Redis would say (`mode` standalone, `id` the
     /// client's connection to the proxy).
     Hello { id: u64 },
@@ -108,6 +111,27 @@ pub fn combine(how: &Combine, parts: &[Option<Bytes>]) -> Vec<u8> {
             }
             let mut out = format!("*{count}\r\n").into_bytes();
             out.extend_from_slice(&body);
+            out
+        }
+        Combine::ChannelCounts => {
+            let Some(mut each) = parts.iter().map(|p| channel_counts(p)).collect::<Option<Vec<_>>>() else {
+                return unexpected("PUBSUB SHARDNUMSUB");
+            };
+            let (map, mut total) = each.remove(0);
+            for (_, pairs) in &each {
+                if pairs.len() != total.len() {
+                    return unexpected("PUBSUB SHARDNUMSUB");
+                }
+                for (sum, (_, n)) in total.iter_mut().zip(pairs) {
+                    sum.1 += n;
+                }
+            }
+            let mut out =
+                if map { format!("%{}\r\n", total.len()) } else { format!("*{}\r\n", 2 * total.len()) }.into_bytes();
+            for (name, count) in total {
+                out.extend_from_slice(name);
+                out.extend_from_slice(format!(":{count}\r\n").as_bytes());
+            }
             out
         }
         Combine::AnyNonNull => {
@@ -294,6 +318,33 @@ fn array_elements(reply: &[u8]) -> Option<(usize, &[u8])> {
     Some((n.max(0) as usize, &reply[cr + 2..]))
 }
 
+/// Each channel's name and count from one SHARDNUMSUB reply, and whether it was a map.
+fn channel_counts(reply: &[u8]) -> Option<(bool, Vec<(&[u8], i64)>)> {
+    let map = reply.first() == Some(&b'%');
+    let (n, mut body) = if map {
+        let cr = find_crlf(reply, 1)?;
+        (2 * usize::try_from(parse_int(&reply[1..cr])?).ok()?, &reply[cr + 2..])
+    } else {
+        array_elements(reply)?
+    };
+    let mut elements = Vec::with_capacity(n);
+    for _ in 0..n {
+        let Ok(Scan::Complete { len }) = ReplyScanner::new(64).scan(body) else { return None };
+        elements.push(&body[..len]);
+        body = &body[len..];
+    }
+    if n % 2 != 0 {
+        return None;
+    }
+    let pairs = elements
+        .chunks(2)
+        .map(|pair| {
+            Some((pair[0], pair[1].strip_prefix(b":").and_then(|rest| parse_int(rest.strip_suffix(b"\r\n")?))?))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some((map, pairs))
+}
+
 /// Each element of an array reply, as bytes.
 fn split_array(reply: &[u8]) -> Option<Vec<&[u8]>> {
     let (n, mut body) = array_elements(reply)?;
@@ -365,6 +416,19 @@ mod tests {
         let done = b"*2\r\n$1\r\n0\r\n*0\r\n";
         assert_eq!(run(Combine::Scan { node: 1, nodes: 3 }, &[done]), "*2\r\n$1\r\n2\r\n*0\r\n", "next node");
         assert_eq!(run(Combine::Scan { node: 2, nodes: 3 }, &[done]), "*2\r\n$1\r\n0\r\n*0\r\n", "all done");
+    }
+
+    #[test]
+    fn shard_subscriber_counts_add_up_per_channel() {
+        let a = b"*4\r\n$1\r\na\r\n:2\r\n$1\r\nb\r\n:0\r\n";
+        let b = b"*4\r\n$1\r\na\r\n:0\r\n$1\r\nb\r\n:3\r\n";
+        assert_eq!(run(Combine::ChannelCounts, &[a, b]), "*4\r\n$1\r\na\r\n:2\r\n$1\r\nb\r\n:3\r\n");
+        let a = b"%1\r\n$1\r\na\r\n:2\r\n";
+        let b = b"%1\r\n$1\r\na\r\n:1\r\n";
+        assert_eq!(run(Combine::ChannelCounts, &[a, b]), "%1\r\n$1\r\na\r\n:3\r\n", "RESP3 map");
+        assert_eq!(run(Combine::ChannelCounts, &[b"*0\r\n", b"*0\r\n"]), "*0\r\n");
+        let two = b"%2\r\n$1\r\na\r\n:2\r\n$1\r\nb\r\n:0\r\n";
+        assert!(run(Combine::ChannelCounts, &[a, two]).starts_with("-ERR respmesh: unexpected reply"));
     }
 
     #[test]
