@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs the client libraries that proxy/tests/client_libraries.rs runs applications with,
+# cached outside the clone: redis-py (from PyPI, in a virtualenv) and the go-redis application
+# in proxy/tests/apps/go-redis (built with the Go module proxy). Prints the Python interpreter
+# and the application binary on its last two lines.
+set -euo pipefail
+
+REDIS_PY_VERSION="${REDIS_PY_VERSION:-8.1.0}"
+CACHE="${RESPMESH_CACHE:-$HOME/.cache/respmesh}/clients"
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+VENV="$CACHE/redis-py-$REDIS_PY_VERSION"
+APP="$CACHE/go-redis-app"
+SRC="$ROOT/proxy/tests/apps/go-redis"
+
+log() { echo "client-apps: $*" >&2; }
+
+mkdir -p "$CACHE"
+if ! "$VENV/bin/python" -c 'import redis' 2>/dev/null; then
+  log "installing redis-py $REDIS_PY_VERSION into $VENV"
+  rm -rf "$VENV"
+  python3 -m venv "$VENV" >&2
+  "$VENV/bin/pip" install -q --disable-pip-version-check "redis==$REDIS_PY_VERSION" >&2
+fi
+
+if [[ ! -x "$APP" || -n "$(find "$SRC" -newer "$APP" -print -quit)" ]]; then
+  command -v go >/dev/null || { log "go is required to build the go-redis application"; exit 1; }
+  log "building the go-redis application"
+  (cd "$SRC" && GOFLAGS=-mod=readonly go build -o "$APP.tmp" . >&2)
+  mv "$APP.tmp" "$APP"
+fi
+
+echo "$VENV/bin/python"
+echo "$APP"
