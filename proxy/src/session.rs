@@ -179,9 +179,13 @@ impl Session {
             }
             let outstanding = self.client.outstanding();
             let done_reading = self.eof || self.client.closing();
+            // A stream (subscriber, MONITOR) has no replies to wait for: it ends when the
+            // client leaves, or once what it was sent before QUIT is out.
+            let streaming = self.pinned_raw();
             if self.client.is_gone()
-                || (done_reading && outstanding == 0 && !self.client.has_output() && !self.pinned_raw())
-                || (self.eof && self.pinned_raw())
+                || (done_reading && outstanding == 0 && !self.client.has_output() && !streaming)
+                || (self.eof && streaming)
+                || (done_reading && streaming && !self.client.has_output())
             {
                 break;
             }

@@ -374,6 +374,16 @@ fn pubsub_and_sharded_pubsub_reach_subscribers() {
             .contains(&channels.as_str()),
         "{channels:?}"
     );
+    // Subscribers that quit or leave are unsubscribed on the node too.
+    sub.send(&["QUIT"]);
+    assert_eq!(sub.read_reply(), b"+OK\r\n");
+    assert!(sub.is_closed());
+    drop(psub);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while publisher.cmd(&["PUBLISH", "news", "anyone?"]) != ":0\r\n" {
+        assert!(std::time::Instant::now() < deadline, "subscribers still counted after they left");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]

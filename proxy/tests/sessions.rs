@@ -223,6 +223,53 @@ fn quit_answers_then_closes() {
     assert!(c.is_closed());
 }
 
+/// Connections to Redis from anything but the proxy's shared connection(s).
+fn redis_clients(redis: &Redis) -> usize {
+    let list = redis.conn().cmd(&["CLIENT", "LIST"]);
+    list.lines().filter(|l| l.contains("addr=")).count() - 1
+}
+
+#[test]
+fn subscribers_and_monitors_that_quit_or_leave_take_their_redis_connection_with_them() {
+    let (redis, proxy) = setup();
+    // Warm: the shared connections (one per protocol) exist before counting.
+    assert_eq!(proxy.conn().cmd(&["PING"]), "+PONG\r\n");
+    let mut resp3 = proxy.conn();
+    assert!(resp3.cmd(&["HELLO", "3"]).starts_with('%'));
+    assert_eq!(resp3.cmd(&["PING"]), "+PONG\r\n");
+    drop(resp3);
+    let before = redis_clients(&redis);
+    let modes: [(&str, &[&str], &str); 4] = [
+        ("RESP2 subscriber", &["SUBSCRIBE", "left"], "*3\r\n$9\r\nsubscribe\r\n$4\r\nleft\r\n:1\r\n"),
+        ("RESP3 subscriber", &["SUBSCRIBE", "left"], ">3\r\n$9\r\nsubscribe\r\n$4\r\nleft\r\n:1\r\n"),
+        ("pattern subscriber", &["PSUBSCRIBE", "l*"], "*3\r\n$10\r\npsubscribe\r\n$2\r\nl*\r\n:1\r\n"),
+        ("monitor", &["MONITOR"], "+OK\r\n"),
+    ];
+    for (what, enter, entered) in modes {
+        for quits in [true, false] {
+            let mut c = proxy.conn();
+            if what.starts_with("RESP3") {
+                assert!(c.cmd(&["HELLO", "3"]).starts_with('%'));
+            }
+            assert_eq!(c.cmd(enter), entered, "{what}");
+            if quits {
+                c.send(&["QUIT"]);
+                assert_eq!(c.read_reply(), b"+OK\r\n", "{what}");
+                assert!(c.is_closed(), "{what}: QUIT closes the connection");
+            }
+            drop(c);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while redis_clients(&redis) > before && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert_eq!(redis_clients(&redis), before, "{what}, quits: {quits}: its Redis connection is closed");
+            assert_eq!(redis.conn().cmd(&["PUBSUB", "NUMSUB", "left"]), "*2\r\n$4\r\nleft\r\n:0\r\n");
+            assert_eq!(redis.conn().cmd(&["PUBSUB", "NUMPAT"]), ":0\r\n");
+        }
+    }
+    assert_eq!(proxy.metric("respmesh_proxy_client_connections"), 0.0, "every client session ended");
+}
+
 #[test]
 fn pipelined_mixed_local_and_forwarded_replies_stay_in_order() {
     let redis = Redis::start();
