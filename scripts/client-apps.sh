@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the client libraries that proxy/tests/client_libraries.rs runs applications with,
-# cached outside the clone: redis-py (from PyPI, in a virtualenv) and the go-redis application
-# in proxy/tests/apps/go-redis (built with the Go module proxy). Prints the Python interpreter
-# and the application binary on its last two lines.
+# cached outside the clone: redis-py (from PyPI, in a virtualenv), ioredis and node-redis (from
+# npm, as locked in proxy/tests/apps/node) and the go-redis application in
+# proxy/tests/apps/go-redis (built with the Go module proxy). Prints the Python interpreter,
+# the Node.js module directory and the go-redis binary on its last three lines.
 set -euo pipefail
 
 REDIS_PY_VERSION="${REDIS_PY_VERSION:-8.1.0}"
@@ -11,6 +12,8 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 VENV="$CACHE/redis-py-$REDIS_PY_VERSION"
 APP="$CACHE/go-redis-app"
 SRC="$ROOT/proxy/tests/apps/go-redis"
+NODE_SRC="$ROOT/proxy/tests/apps/node"
+NODE="$CACHE/node"
 
 log() { echo "client-apps: $*" >&2; }
 
@@ -29,5 +32,15 @@ if [[ ! -x "$APP" || -n "$(find "$SRC" -newer "$APP" -print -quit)" ]]; then
   mv "$APP.tmp" "$APP"
 fi
 
+if ! cmp -s "$NODE_SRC/package-lock.json" "$NODE/package-lock.json" || [[ ! -d "$NODE/node_modules" ]]; then
+  command -v npm >/dev/null || { log "npm is required to install ioredis and node-redis"; exit 1; }
+  log "installing ioredis and node-redis into $NODE"
+  rm -rf "$NODE"
+  mkdir -p "$NODE"
+  cp "$NODE_SRC/package.json" "$NODE_SRC/package-lock.json" "$NODE/"
+  (cd "$NODE" && npm ci --no-audit --no-fund --loglevel=error >&2)
+fi
+
 echo "$VENV/bin/python"
+echo "$NODE/node_modules"
 echo "$APP"

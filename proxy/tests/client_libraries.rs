@@ -1,4 +1,5 @@
-//! Applications written against real client libraries (redis-py, go-redis v9), run unchanged
+//! Applications written against real client libraries (redis-py, go-redis v9, ioredis and
+//! node-redis), run unchanged
 //! against Redis and through respmesh: each checks what it gets, and their transcripts must be
 //! the same. The libraries do what applications' connections do in practice: HELLO with AUTH,
 //! CLIENT SETINFO on connect, pooled connections, health-check PINGs, EVALSHA falling back to
@@ -12,9 +13,15 @@ use std::sync::OnceLock;
 
 use support::{Cluster, Proxy, Redis};
 
-/// The Python interpreter with redis-py and the go-redis application.
-fn apps() -> &'static (PathBuf, PathBuf) {
-    static APPS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+struct Apps {
+    python: PathBuf,
+    node_modules: PathBuf,
+    go_redis: PathBuf,
+}
+
+/// The Python interpreter with redis-py, the Node.js modules and the go-redis application.
+fn apps() -> &'static Apps {
+    static APPS: OnceLock<Apps> = OnceLock::new();
     APPS.get_or_init(|| {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/client-apps.sh");
         let out = Command::new("bash").arg(script).output().expect("running scripts/client-apps.sh");
@@ -25,9 +32,10 @@ fn apps() -> &'static (PathBuf, PathBuf) {
         );
         let text = String::from_utf8(out.stdout).unwrap();
         let mut lines = text.lines().rev();
-        let app = PathBuf::from(lines.next().expect("the go-redis application"));
+        let go_redis = PathBuf::from(lines.next().expect("the go-redis application"));
+        let node_modules = PathBuf::from(lines.next().expect("the Node.js modules"));
         let python = PathBuf::from(lines.next().expect("the Python interpreter"));
-        (python, app)
+        Apps { python, node_modules, go_redis }
     })
 }
 
@@ -35,23 +43,34 @@ fn apps() -> &'static (PathBuf, PathBuf) {
 enum Library {
     RedisPy,
     GoRedis,
+    /// ioredis and node-redis, one after the other.
+    Node,
 }
 
 /// Runs the application against `port` speaking RESP `protocol`; its transcript, or a panic
 /// with what it printed if one of its checks failed.
 fn run(lib: Library, port: u16, protocol: u8, password: Option<&str>) -> String {
-    let (python, go_app) = apps();
+    let apps = apps();
     let mut cmd = match lib {
         Library::RedisPy => {
-            let mut c = Command::new(python);
+            let mut c = Command::new(&apps.python);
             c.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/apps/redis_py_app.py"))
                 .arg(port.to_string())
                 .arg(protocol.to_string());
             c.args(password);
             c
         }
+        Library::Node => {
+            let mut c = Command::new("node");
+            c.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/apps/node/app.js"))
+                .arg(port.to_string())
+                .arg(protocol.to_string())
+                .env("NODE_PATH", &apps.node_modules);
+            c.args(password);
+            c
+        }
         Library::GoRedis => {
-            let mut c = Command::new(go_app);
+            let mut c = Command::new(&apps.go_redis);
             c.arg(format!("127.0.0.1:{port}")).arg(protocol.to_string()).env("REDIS_PASSWORD", password.unwrap_or(""));
             c
         }
@@ -117,4 +136,14 @@ fn a_redis_py_application_sees_one_redis_in_a_cluster() {
 #[test]
 fn a_go_redis_application_sees_one_redis_in_a_cluster() {
     same_through_the_cluster_proxy(Library::GoRedis);
+}
+
+#[test]
+fn ioredis_and_node_redis_applications_see_the_same_through_respmesh() {
+    same_through_the_standalone_proxy(Library::Node);
+}
+
+#[test]
+fn ioredis_and_node_redis_applications_see_one_redis_in_a_cluster() {
+    same_through_the_cluster_proxy(Library::Node);
 }
