@@ -83,6 +83,11 @@ pub struct Session {
     /// CLUSTER mode: MULTI was answered but not sent yet; it goes to the node of the first
     /// command that follows.
     pub(crate) multi_pending: bool,
+    /// CLUSTER mode: the slot of the transaction's keys, once a queued command had one.
+    pub(crate) tx_slot: Option<u16>,
+    /// CLUSTER mode: what EXEC answers instead of running the transaction (a command was
+    /// refused, or its keys belong to another slot).
+    pub(crate) tx_refused: Option<&'static [u8]>,
     /// The upstream holding this client's outstanding requests.
     last: Option<Rc<Upstream>>,
     /// CLUSTER mode: the worker's router for this service, cached.
@@ -147,6 +152,8 @@ impl Session {
             in_multi: false,
             watching: false,
             multi_pending: false,
+            tx_slot: None,
+            tx_refused: None,
             last: None,
             router: None,
             scratch: BytesMut::new(),
@@ -609,6 +616,8 @@ impl Session {
         self.in_multi = false;
         self.watching = false;
         self.multi_pending = false;
+        self.tx_slot = None;
+        self.tx_refused = None;
         self.last = None;
     }
 

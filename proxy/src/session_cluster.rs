@@ -36,6 +36,9 @@ pub(crate) struct Tracking {
 /// node only, so every proxy puts its subscribers and publishers on the same one.
 const PUBSUB_SLOT: u16 = 0;
 const CROSSSLOT: &[u8] = b"-CROSSSLOT Keys in request don't hash to the same slot\r\n";
+const EXECABORT: &[u8] = b"-EXECABORT Transaction discarded because of previous errors.\r\n";
+const QUEUED: &[u8] = b"+QUEUED\r\n";
+const DISCARD: &[u8] = b"*1\r\n$7\r\nDISCARD\r\n";
 const SELECT_IN_CLUSTER: &[u8] = b"-ERR SELECT is not allowed in cluster mode\r\n";
 
 impl Session {
@@ -572,6 +575,7 @@ impl Session {
                     self.send(&p, frame, cmd, true);
                     if !self.in_multi {
                         self.watching = false;
+                        self.tx_refused = None;
                     }
                     Step::Done
                 }
@@ -780,18 +784,36 @@ impl Session {
 
     fn cluster_exec(&mut self, frame: &[u8], cmd: CommandId, special: Special) -> Step {
         let exec = special == Special::Exec;
+        let refused = self.tx_refused.take();
+        self.tx_slot = None;
         if self.multi_pending {
-            // Nothing was queued: the answer of an empty transaction.
+            // Nothing was queued: the answer of an empty transaction, or of a refused one.
             self.multi_pending = false;
             self.watching = false;
             if let Some(p) = self.pinned.take() {
                 p.retire();
             }
-            return self.reply_local(cmd, if exec { b"*0\r\n" } else { crate::replies::OK });
+            let reply = match refused {
+                Some(refused) if exec => refused,
+                _ if exec => b"*0\r\n",
+                _ => crate::replies::OK,
+            };
+            return self.reply_local(cmd, reply);
         }
         match self.pinned.clone() {
             Some(p) if self.in_multi || self.watching => {
-                self.send(&p, frame, cmd, true);
+                match refused {
+                    // As Redis does when a transaction's keys are in more than one slot: the
+                    // node never runs it.
+                    Some(refused) if exec => {
+                        if self.in_multi {
+                            let now = self.now();
+                            p.send_internal(&self.client, DISCARD, now);
+                        }
+                        self.reply_local(cmd, refused);
+                    }
+                    _ => self.send(&p, frame, cmd, true),
+                }
                 self.in_multi = false;
                 self.watching = false;
                 Step::Done
@@ -814,6 +836,14 @@ impl Session {
         if let Some(p) = self.pinned.clone()
             && self.watching
         {
+            if let Some(slot) = slot
+                && self.router().primary(slot).is_none_or(|addr| addr != p.endpoint())
+            {
+                // Keys on two nodes cannot be watched together; the transaction will not run
+                // unprotected either.
+                self.tx_refused = Some(CROSSSLOT);
+                return self.reply_local(cmd, CROSSSLOT);
+            }
             self.send(&p, frame, cmd, true);
             return Step::Done;
         }
@@ -824,45 +854,64 @@ impl Session {
         step
     }
 
-    /// A command between MULTI and EXEC: the first one chooses the node.
+    /// A command between MULTI and EXEC: the first one with a key chooses the node (unless
+    /// WATCH did); a command whose keys are in another slot is answered QUEUED and makes EXEC
+    /// answer CROSSSLOT, as Redis does when the slots share a node.
     fn in_transaction(&mut self, frame: &[u8], spans: Spans, argc: usize, cmd: CommandId) -> Step {
-        if !self.multi_pending {
-            let p = self.pinned.clone().expect("in a transaction");
-            self.note_write(cmd, &p);
-            self.send(&p, frame, cmd, true);
-            return Step::Done;
-        }
         let slot = match self.command_slot(frame, spans, argc, cmd) {
             Ok(slot) => slot,
-            Err(step) => return step,
-        };
-        let step = match self.pinned.clone() {
-            // WATCH chose the node already.
-            Some(_) => Step::Done,
-            None => {
-                let router = match self.topology_ready(cmd) {
-                    Ok(r) => r,
-                    Err(step) => return step,
-                };
-                let addr = match slot {
-                    Some(slot) => router.primary(slot),
-                    None => router.primaries().into_iter().next(),
-                };
-                let Some(addr) = addr else {
-                    return self.reply_local(cmd, b"-CLUSTERDOWN Hash slot not served\r\n");
-                };
-                self.open_dedicated(&addr, false);
-                Step::Done
+            Err(step) => {
+                // Refused now, so EXEC refuses the transaction (as Redis does).
+                self.tx_refused = Some(EXECABORT);
+                return step;
             }
         };
+        if self.pinned.is_none() {
+            let router = match self.topology_ready(cmd) {
+                Ok(r) => r,
+                Err(step) => return step,
+            };
+            let addr = match slot {
+                Some(slot) => router.primary(slot),
+                None => router.primaries().into_iter().next(),
+            };
+            let Some(addr) = addr else {
+                return self.reply_local(cmd, b"-CLUSTERDOWN Hash slot not served\r\n");
+            };
+            self.open_dedicated(&addr, false);
+            self.tx_slot = slot;
+        }
         let p = self.pinned.clone().expect("opened");
-        let now = self.now();
-        p.send_internal(&self.client, b"*1\r\n$5\r\nMULTI\r\n", now);
-        self.multi_pending = false;
-        self.in_multi = true;
+        if self.multi_pending {
+            let now = self.now();
+            p.send_internal(&self.client, b"*1\r\n$5\r\nMULTI\r\n", now);
+            self.multi_pending = false;
+            self.in_multi = true;
+        }
+        if let Some(slot) = slot
+            && !self.transaction_takes(&p, slot)
+        {
+            self.tx_refused.get_or_insert(CROSSSLOT);
+            return self.reply_local(cmd, QUEUED);
+        }
         self.note_write(cmd, &p);
         self.send(&p, frame, cmd, true);
-        step
+        Step::Done
+    }
+
+    /// Whether a command on `slot` can join the transaction on `p`: the slot of its first key
+    /// (which must be served by `p`'s node) or the same.
+    fn transaction_takes(&mut self, p: &Rc<Upstream>, slot: u16) -> bool {
+        match self.tx_slot {
+            Some(s) => s == slot,
+            None => {
+                let here = self.router().primary(slot).is_some_and(|addr| addr == p.endpoint());
+                if here {
+                    self.tx_slot = Some(slot);
+                }
+                here
+            }
+        }
     }
 
     /// Makes sure the topology is known; `Err` is the step to take meanwhile.

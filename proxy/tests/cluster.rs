@@ -387,6 +387,63 @@ fn pubsub_and_sharded_pubsub_reach_subscribers() {
 }
 
 #[test]
+fn a_transaction_over_keys_of_two_slots_gets_crossslot_wherever_they_live() {
+    let cluster = Cluster::start();
+    let proxy = proxy_for(&cluster);
+    // k1 and k2: two slots of one node; k3: a slot of another node.
+    let keys: Vec<String> = (0..100).map(|i| format!("tx{i}")).collect();
+    let node = |k: &str| cluster.primary_for(slot_of(&cluster, k)).port;
+    let k1 = keys[0].as_str();
+    let k2 = keys.iter().find(|k| node(k) == node(k1) && slot_of(&cluster, k) != slot_of(&cluster, k1)).unwrap();
+    let k3 = keys.iter().find(|k| node(k) != node(k1)).unwrap();
+    let mut c = proxy.conn();
+    let run = |c: &mut Conn, cmds: &[&[&str]]| -> Vec<String> { cmds.iter().map(|cmd| c.cmd(cmd)).collect() };
+    for other in [k2.as_str(), k3.as_str()] {
+        // Redis answers this way when the slots share a node; through the proxy it does not
+        // matter where they live.
+        assert_eq!(
+            run(&mut c, &[&["MULTI"], &["SET", k1, "1"], &["SET", other, "2"], &["EXEC"]]),
+            ["+OK\r\n", "+QUEUED\r\n", "+QUEUED\r\n", "-CROSSSLOT Keys in request don't hash to the same slot\r\n"],
+            "{other}"
+        );
+        assert_eq!(c.cmd(&["EXISTS", k1, other]), ":0\r\n", "nothing ran");
+    }
+    // A command refused while queued: EXEC refuses the whole transaction.
+    assert_eq!(
+        run(&mut c, &[&["MULTI"], &["SET", k1, "1"], &["MSET", k1, "1", k3, "2"], &["EXEC"]]),
+        [
+            "+OK\r\n",
+            "+QUEUED\r\n",
+            "-CROSSSLOT Keys in request don't hash to the same slot\r\n",
+            "-EXECABORT Transaction discarded because of previous errors.\r\n"
+        ]
+    );
+    // Keys of two nodes cannot be watched together, and the transaction does not run unwatched.
+    assert_eq!(
+        run(&mut c, &[&["WATCH", k1], &["WATCH", k3], &["MULTI"], &["SET", k1, "1"], &["EXEC"]]),
+        [
+            "+OK\r\n",
+            "-CROSSSLOT Keys in request don't hash to the same slot\r\n",
+            "+OK\r\n",
+            "+QUEUED\r\n",
+            "-CROSSSLOT Keys in request don't hash to the same slot\r\n"
+        ]
+    );
+    assert_eq!(c.cmd(&["EXISTS", k1]), ":0\r\n");
+    // The connection is clean afterwards, and one slot's transaction runs.
+    assert_eq!(
+        run(&mut c, &[&["MULTI"], &["SET", k1, "1"], &["INCR", k1], &["EXEC"]]),
+        ["+OK\r\n", "+QUEUED\r\n", "+QUEUED\r\n", "*2\r\n+OK\r\n:2\r\n"]
+    );
+    // Keyless commands first: the first key decides, and the rest must follow it.
+    assert_eq!(
+        run(&mut c, &[&["MULTI"], &["PING"], &["GET", k1], &["GET", k3], &["EXEC"]])[4],
+        "-CROSSSLOT Keys in request don't hash to the same slot\r\n"
+    );
+    assert_eq!(c.cmd(&["GET", k1]), "$1\r\n2\r\n");
+}
+
+#[test]
 fn scan_walks_every_primary_with_one_cursor() {
     let cluster = Cluster::start();
     let proxy = proxy_for(&cluster);
