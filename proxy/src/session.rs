@@ -394,6 +394,14 @@ impl Session {
         special: Special,
     ) -> Step {
         let arg = |i: usize| spans.get(frame, i).unwrap_or_default();
+        if special == Special::None
+            && cmd.has_flag(crate::command::flags::PUBSUB)
+            && let Some(up) = self.worker.subscribing()
+        {
+            // PUBLISH after a SUBSCRIBE whose new connection Redis has not answered yet: after it.
+            up.wake_on_first_reply(&self.client);
+            return Step::Drain;
+        }
         if matches!(special, Special::Blocking | Special::Wait) {
             // What came before a command that may block is written without waiting for it.
             self.client.end_batch();
@@ -452,7 +460,13 @@ impl Session {
                 step
             }
             Special::Subscribe | Special::Stream => {
-                self.forward(frame, cmd, Want::Dedicated { permanent: true, raw: true }, false)
+                let step = self.forward(frame, cmd, Want::Dedicated { permanent: true, raw: true }, false);
+                if special == Special::Subscribe
+                    && let Some(p) = &self.pinned
+                {
+                    self.worker.note_subscribing(p);
+                }
+                step
             }
             Special::Blocking => self.forward(frame, cmd, Want::Dedicated { permanent: false, raw: false }, false),
             Special::Wait => self.wait(frame, cmd),

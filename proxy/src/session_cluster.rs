@@ -715,6 +715,9 @@ impl Session {
             up.set_raw(self.client.clone());
         }
         self.send(&up, frame, cmd, !raw && permanent);
+        if cmd.special() == Special::Subscribe {
+            self.worker.note_subscribing(&up);
+        }
         Step::Done
     }
 

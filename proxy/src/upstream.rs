@@ -343,6 +343,9 @@ pub struct Upstream {
     /// whole life (never pooled; only [`Upstream::close_private`] closes it), and redirections
     /// are followed on the set's other connections.
     tracked: RefCell<Option<Weak<crate::cluster::tracked::Tracked>>>,
+    /// Clients to wake once Redis has answered on this connection (or it failed).
+    on_first_reply: RefCell<Vec<Rc<Client>>>,
+    answered: Cell<bool>,
 }
 
 /// Why a connection attempt failed.
@@ -390,6 +393,8 @@ impl Upstream {
             max_depth: Cell::new(max_depth),
             batches,
             tracked: RefCell::new(None),
+            on_first_reply: RefCell::new(Vec::new()),
+            answered: Cell::new(false),
         });
         tokio::task::spawn_local(up.clone().run());
         up
@@ -397,6 +402,26 @@ impl Upstream {
 
     pub fn endpoint(&self) -> &str {
         &self.endpoint
+    }
+
+    /// Redis has not answered anything on this connection yet (beyond the login), and the
+    /// connection is still wanted and working.
+    pub fn awaits_first_reply(&self) -> bool {
+        let inner = self.inner.borrow();
+        !self.answered.get() && !inner.retired && matches!(inner.state, State::Connecting | State::Ready)
+    }
+
+    /// Wakes `client` once Redis has answered on this connection, or it failed.
+    pub fn wake_on_first_reply(&self, client: &Rc<Client>) {
+        self.on_first_reply.borrow_mut().push(client.clone());
+    }
+
+    /// Redis answered (or the connection ended): wakes who waited for that.
+    pub fn first_reply(&self) {
+        self.answered.set(true);
+        for c in self.on_first_reply.borrow_mut().drain(..) {
+            c.wake.notify();
+        }
     }
 
     pub fn service(&self) -> Arc<ServiceRt> {
@@ -627,6 +652,7 @@ impl Upstream {
         }
         drop(inner);
         self.wake.notify();
+        self.first_reply();
     }
 
     async fn run(self: Rc<Self>) {
@@ -658,6 +684,7 @@ impl Upstream {
                         warn!(service = %svc.host, %endpoint, reason = %why, "upstream connection lost");
                     }
                     self.fail_all(&reply);
+                    self.first_reply();
                     if self.kind == Kind::Dedicated {
                         self.inner.borrow_mut().state = State::Dead { reply, was_connected: true };
                         return;
@@ -680,6 +707,7 @@ impl Upstream {
                         }
                     };
                     self.fail_all(&reply);
+                    self.first_reply();
                     if self.kind == Kind::Dedicated {
                         self.inner.borrow_mut().state = State::Dead { reply, was_connected: false };
                         return;
@@ -875,6 +903,9 @@ impl Upstream {
                         loop {
                             match read_some(stream, &mut rbuf, READ_SPARE) {
                                 Ok(Read::Data(n)) => {
+                                    if self.kind == Kind::Dedicated && !self.answered.get() {
+                                        self.first_reply();
+                                    }
                                     rbuf_large |= rbuf.len() > KEEP_CAPACITY;
                                     if let Err(why) = self.dispatch(&mut rbuf, &mut scanner, &mut touched) {
                                         self.flush_touched(&mut touched);

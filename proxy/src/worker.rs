@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -29,6 +29,9 @@ use crate::upstream::{Ctx, Kind, Spec, Upstream};
 /// Idle dedicated connections kept per service and protocol for later transactions and
 /// blocking commands.
 const POOL_SIZE: usize = 4;
+
+/// How long PUBLISH may wait for a new subscriber's connection (see [`Worker::subscribing`]).
+const PUBLISH_WAIT: Duration = Duration::from_secs(1);
 
 /// Upstream connections are kept per service host and protocol version.
 type UpstreamKey = (String, u8);
@@ -53,6 +56,8 @@ pub struct Worker {
     pool: RefCell<HashMap<PoolKey, Vec<Rc<Upstream>>>>,
     sessions: Cell<usize>,
     sessions_idle: Notify,
+    /// New subscriber connections that Redis has not answered yet; see [`Worker::subscribing`].
+    subscribing: RefCell<Vec<(Weak<Upstream>, Instant)>>,
 }
 
 impl Worker {
@@ -107,6 +112,37 @@ impl Worker {
             ..Spec::new(svc.clone(), Kind::Dedicated, proto)
         };
         Upstream::spawn(spec, &self.ctx, max_depth)
+    }
+
+    /// Notes a new subscriber connection, until Redis confirms its first subscription.
+    pub fn note_subscribing(&self, up: &Rc<Upstream>) {
+        if !up.awaits_first_reply() {
+            return;
+        }
+        let mut list = self.subscribing.borrow_mut();
+        list.retain(|(w, since)| since.elapsed() < PUBLISH_WAIT && w.upgrade().is_some_and(|u| u.awaits_first_reply()));
+        list.push((Rc::downgrade(up), Instant::now()));
+        // Whatever happens to the connection, who waits for it goes on after PUBLISH_WAIT.
+        let up = Rc::downgrade(up);
+        tokio::task::spawn_local(async move {
+            tokio::time::sleep(PUBLISH_WAIT).await;
+            if let Some(up) = up.upgrade() {
+                up.first_reply();
+            }
+        });
+    }
+
+    /// A new subscriber connection of this worker that Redis has not answered yet, if any.
+    /// PUBLISH waits for it (at most [`PUBLISH_WAIT`]): a client that sent SUBSCRIBE and then,
+    /// on another connection, PUBLISH gets its own message, as from Redis, although its
+    /// subscription needed a new upstream connection.
+    pub fn subscribing(&self) -> Option<Rc<Upstream>> {
+        let mut list = self.subscribing.borrow_mut();
+        if list.is_empty() {
+            return None;
+        }
+        list.retain(|(w, since)| since.elapsed() < PUBLISH_WAIT && w.upgrade().is_some_and(|u| u.awaits_first_reply()));
+        list.first().and_then(|(w, _)| w.upgrade())
     }
 
     /// A dedicated connection for a transaction, a blocking command or a WAIT, to `endpoint`
@@ -227,6 +263,7 @@ async fn worker_main(setup: WorkerSetup, ready: mpsc::Sender<Result<Vec<SocketAd
         pool: RefCell::new(HashMap::new()),
         sessions: Cell::new(0),
         sessions_idle: Notify::new(),
+        subscribing: RefCell::new(Vec::new()),
         kills: Arc::new(Notify::new()),
     });
     tokio::task::spawn_local(close_killed(worker.clone()));

@@ -444,6 +444,13 @@ fn a_transaction_over_keys_of_two_slots_gets_crossslot_wherever_they_live() {
 }
 
 #[test]
+fn a_publish_right_after_a_subscribe_reaches_the_new_subscriber() {
+    let cluster = Cluster::start();
+    let proxy = proxy_for(&cluster);
+    support::publish_right_after_subscribe_reaches_the_subscriber(&proxy);
+}
+
+#[test]
 fn scan_walks_every_primary_with_one_cursor() {
     let cluster = Cluster::start();
     let proxy = proxy_for(&cluster);

@@ -223,6 +223,12 @@ fn quit_answers_then_closes() {
     assert!(c.is_closed());
 }
 
+#[test]
+fn a_publish_right_after_a_subscribe_reaches_the_new_subscriber() {
+    let (_redis, proxy) = setup();
+    support::publish_right_after_subscribe_reaches_the_subscriber(&proxy);
+}
+
 /// Connections to Redis from anything but the proxy's shared connection(s).
 fn redis_clients(redis: &Redis) -> usize {
     let list = redis.conn().cmd(&["CLIENT", "LIST"]);

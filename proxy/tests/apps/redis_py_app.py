@@ -6,11 +6,13 @@ compares between direct Redis and respmesh.
     python redis_py_app.py PORT PROTOCOL [PASSWORD]
 """
 
+import asyncio
 import sys
 import threading
 import time
 
 import redis
+import redis.asyncio
 
 port, protocol = int(sys.argv[1]), int(sys.argv[2])
 password = sys.argv[3] if len(sys.argv) > 3 else None
@@ -131,6 +133,31 @@ for t in threads:
 for t in threads:
     t.join()
 check("threads", r.get("counter"), "1600")
+
+
+
+async def asyncio_app():
+    a = redis.asyncio.Redis(host="127.0.0.1", port=port, password=password, protocol=protocol,
+                            decode_responses=True)
+    # A pool of several connections; the subscriber takes one of them and does not wait for
+    # its confirmation before the PUBLISH.
+    check("asyncio gather", max(await asyncio.gather(*[a.incr("async") for _ in range(20)])), 20)
+    async with a.pipeline(transaction=True) as p:
+        check("asyncio multi", await p.incr("async").get("async").execute(), [21, "21"])
+    ps = a.pubsub()
+    await ps.subscribe("async-ch")
+    check("asyncio publish", await a.publish("async-ch", "now"), 1)
+    message = None
+    for _ in range(25):
+        message = await ps.get_message(ignore_subscribe_messages=True, timeout=0.2)
+        if message:
+            break
+    check("asyncio message", message and message["data"], "now")
+    await ps.aclose()
+    await a.aclose()
+
+
+asyncio.run(asyncio_app())
 
 time.sleep(1.2)  # the next command is preceded by the pool's health check (PING)
 check("after health check", r.get("k"), "v")

@@ -678,3 +678,30 @@ pub fn random_commands_never_break(proxy: &Proxy, seed: u64) {
     assert!(r == "+PONG\r\n" || r.starts_with("-NOAUTH"), "{r}");
     assert!(!proxy.log().contains("panicked"), "{}", proxy.log());
 }
+
+/// A subscriber that does not wait for its confirmation, and a PUBLISH right after it from
+/// another connection (what redis-py's asyncio client does): as with Redis itself, the message
+/// reaches the subscriber, although its subscription needed a new upstream connection.
+pub fn publish_right_after_subscribe_reaches_the_subscriber(proxy: &Proxy) {
+    let mut publisher = proxy.conn();
+    for protocol in [2, 3] {
+        for i in 0..20 {
+            // Connected and answered once (on a connection still being accepted, Redis itself
+            // may see the PUBLISH first).
+            let mut sub = proxy.conn();
+            assert!(sub.cmd(&["HELLO", &protocol.to_string()]).starts_with(['*', '%']));
+            let channel = format!("fresh{protocol}-{i}");
+            sub.send(&["SUBSCRIBE", &channel]);
+            assert_eq!(publisher.cmd(&["PUBLISH", &channel, "first"]), ":1\r\n", "RESP{protocol}, subscriber {i}");
+            let kind = if protocol == 3 { '>' } else { '*' };
+            assert_eq!(
+                String::from_utf8_lossy(&sub.read_reply()),
+                format!("{kind}3\r\n$9\r\nsubscribe\r\n${}\r\n{channel}\r\n:1\r\n", channel.len())
+            );
+            assert_eq!(
+                String::from_utf8_lossy(&sub.read_reply()),
+                format!("{kind}3\r\n$7\r\nmessage\r\n${}\r\n{channel}\r\n$5\r\nfirst\r\n", channel.len())
+            );
+        }
+    }
+}
