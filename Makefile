@@ -17,7 +17,7 @@ PROXY_RELEASE := $(CARGO_TARGET_DIR)/release/respmesh-proxy
 FUZZ_SECONDS ?= 60
 
 # Debian packages the tests, the demo and the benchmark run for real.
-APT_PACKAGES := redis-server redis-tools nutcracker iproute2 iptables python3-venv nodejs npm
+APT_PACKAGES := redis-server redis-tools nutcracker iproute2 iptables python3-venv nodejs npm default-jdk-headless maven
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: all deps k8s-bins client-apps build release test demo bench lint fmt fuzz clean help cluster-up cluster-down crds
@@ -38,6 +38,8 @@ deps:
 	python3 -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
 	command -v node >/dev/null || missing="$$missing nodejs"; \
 	command -v npm >/dev/null || missing="$$missing npm"; \
+	command -v javac >/dev/null || missing="$$missing default-jdk-headless"; \
+	command -v mvn >/dev/null || missing="$$missing maven"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
@@ -57,7 +59,8 @@ k8s-bins:
 	@command -v go >/dev/null || { echo "Go is needed to build kube-apiserver (https://go.dev/dl)"; exit 1; }
 	@scripts/k8s-bins.sh >/dev/null
 
-# redis-py, ioredis, node-redis and a go-redis application, for proxy/tests/client_libraries.rs.
+# redis-py, ioredis, node-redis, Jedis, Lettuce and a go-redis application, for
+# proxy/tests/client_libraries.rs.
 client-apps:
 	@scripts/client-apps.sh >/dev/null
 

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs the client libraries that proxy/tests/client_libraries.rs runs applications with,
 # cached outside the clone: redis-py (from PyPI, in a virtualenv), ioredis and node-redis (from
-# npm, as locked in proxy/tests/apps/node) and the go-redis application in
+# npm, as locked in proxy/tests/apps/node), the Jedis and Lettuce application in
+# proxy/tests/apps/java (built with Maven from Maven Central) and the go-redis application in
 # proxy/tests/apps/go-redis (built with the Go module proxy). Prints the Python interpreter,
-# the Node.js module directory and the go-redis binary on its last three lines.
+# the Node.js module directory, the Java class path and the go-redis binary on its last four
+# lines.
 set -euo pipefail
 
 REDIS_PY_VERSION="${REDIS_PY_VERSION:-8.1.0}"
@@ -14,6 +16,8 @@ APP="$CACHE/go-redis-app"
 SRC="$ROOT/proxy/tests/apps/go-redis"
 NODE_SRC="$ROOT/proxy/tests/apps/node"
 NODE="$CACHE/node"
+JAVA_SRC="$ROOT/proxy/tests/apps/java"
+JAVA="$CACHE/java"
 
 log() { echo "client-apps: $*" >&2; }
 
@@ -41,6 +45,19 @@ if ! cmp -s "$NODE_SRC/package-lock.json" "$NODE/package-lock.json" || [[ ! -d "
   (cd "$NODE" && npm ci --no-audit --no-fund --loglevel=error >&2)
 fi
 
+# Rebuilt when the sources differ from the last build's.
+stamp="$(cd "$JAVA_SRC" && find . -type f -not -path './target/*' | sort | xargs sha256sum | sha256sum)"
+if [[ "$(cat "$JAVA/stamp" 2>/dev/null)" != "$stamp" ]]; then
+  command -v mvn >/dev/null || { log "mvn is required to build the Jedis and Lettuce application"; exit 1; }
+  log "building the Jedis and Lettuce application in $JAVA"
+  rm -rf "$JAVA"
+  mkdir -p "$JAVA"
+  cp -r "$JAVA_SRC/pom.xml" "$JAVA_SRC/src" "$JAVA/"
+  (cd "$JAVA" && mvn -q -B package dependency:copy-dependencies -DoutputDirectory=target/lib >&2)
+  echo "$stamp" > "$JAVA/stamp"
+fi
+
 echo "$VENV/bin/python"
 echo "$NODE/node_modules"
+echo "$JAVA/target/classes:$JAVA/target/lib/*"
 echo "$APP"

