@@ -33,6 +33,9 @@ const POOL_SIZE: usize = 4;
 /// How long PUBLISH may wait for a new subscriber's connection (see [`Worker::subscribing`]).
 const PUBLISH_WAIT: Duration = Duration::from_secs(1);
 
+/// A new subscriber connection, and when it was opened.
+type Subscribing = (Weak<Upstream>, Instant);
+
 /// Upstream connections are kept per service host and protocol version.
 type UpstreamKey = (String, u8);
 /// Idle dedicated connections: by service, endpoint and protocol version.
@@ -57,7 +60,7 @@ pub struct Worker {
     sessions: Cell<usize>,
     sessions_idle: Notify,
     /// New subscriber connections that Redis has not answered yet; see [`Worker::subscribing`].
-    subscribing: RefCell<Vec<(Weak<Upstream>, Instant)>>,
+    subscribing: RefCell<Vec<Subscribing>>,
 }
 
 impl Worker {

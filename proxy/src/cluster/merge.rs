@@ -318,8 +318,11 @@ fn array_elements(reply: &[u8]) -> Option<(usize, &[u8])> {
     Some((n.max(0) as usize, &reply[cr + 2..]))
 }
 
+/// A channel's name (as a reply element) and its subscriber count.
+type ChannelCount<'a> = (&'a [u8], i64);
+
 /// Each channel's name and count from one SHARDNUMSUB reply, and whether it was a map.
-fn channel_counts(reply: &[u8]) -> Option<(bool, Vec<(&[u8], i64)>)> {
+fn channel_counts(reply: &[u8]) -> Option<(bool, Vec<ChannelCount<'_>>)> {
     let map = reply.first() == Some(&b'%');
     let (n, mut body) = if map {
         let cr = find_crlf(reply, 1)?;
