@@ -56,40 +56,27 @@ enum Library {
 /// with what it printed if one of its checks failed.
 fn run(lib: Library, port: u16, protocol: u8, password: Option<&str>) -> String {
     let apps = apps();
+    let app = |dir_file: &str| format!("{}/tests/apps/{dir_file}", env!("CARGO_MANIFEST_DIR"));
+    // Each takes PORT PROTOCOL [PASSWORD] after its own program and arguments.
     let mut cmd = match lib {
         Library::RedisPy => {
             let mut c = Command::new(&apps.python);
-            c.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/apps/redis_py_app.py"))
-                .arg(port.to_string())
-                .arg(protocol.to_string());
-            c.args(password);
+            c.arg(app("redis_py_app.py"));
             c
         }
         Library::Node => {
             let mut c = Command::new("node");
-            c.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/apps/node/app.js"))
-                .arg(port.to_string())
-                .arg(protocol.to_string())
-                .env("NODE_PATH", &apps.node_modules);
-            c.args(password);
+            c.arg(app("node/app.js")).env("NODE_PATH", &apps.node_modules);
             c
         }
         Library::Java => {
             let mut c = Command::new("java");
-            c.arg("-cp")
-                .arg(&apps.java_class_path)
-                .arg("io.respmesh.tests.App")
-                .arg(port.to_string())
-                .arg(protocol.to_string());
-            c.args(password);
+            c.args(["-cp", &apps.java_class_path, "io.respmesh.tests.App"]);
             c
         }
-        Library::GoRedis => {
-            let mut c = Command::new(&apps.go_redis);
-            c.arg(format!("127.0.0.1:{port}")).arg(protocol.to_string()).env("REDIS_PASSWORD", password.unwrap_or(""));
-            c
-        }
+        Library::GoRedis => Command::new(&apps.go_redis),
     };
+    cmd.arg(port.to_string()).arg(protocol.to_string()).args(password);
     let out = cmd.output().expect("running the application");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(

@@ -4,7 +4,7 @@
 // pub/sub, streams, SCAN iterators. It checks what it gets and prints a transcript, which the
 // test compares between direct Redis and respmesh.
 //
-//	go-redis-app ADDR PROTOCOL   (password in REDIS_PASSWORD)
+//	go-redis-app PORT PROTOCOL [PASSWORD]
 package main
 
 import (
@@ -40,8 +40,12 @@ func main() {
 	if err != nil {
 		panic(err)
 	}
+	password := ""
+	if len(os.Args) > 3 {
+		password = os.Args[3]
+	}
 	r := redis.NewClient(&redis.Options{
-		Addr: os.Args[1], Password: os.Getenv("REDIS_PASSWORD"), Protocol: protocol, PoolSize: 8,
+		Addr: "127.0.0.1:" + os.Args[1], Password: password, Protocol: protocol, PoolSize: 8,
 	})
 
 	check("ping", r.Ping(ctx).Val(), "PONG")
