@@ -324,18 +324,13 @@ type ChannelCount<'a> = (&'a [u8], i64);
 /// Each channel's name and count from one SHARDNUMSUB reply, and whether it was a map.
 fn channel_counts(reply: &[u8]) -> Option<(bool, Vec<ChannelCount<'_>>)> {
     let map = reply.first() == Some(&b'%');
-    let (n, mut body) = if map {
+    let (n, body) = if map {
         let cr = find_crlf(reply, 1)?;
         (2 * usize::try_from(parse_int(&reply[1..cr])?).ok()?, &reply[cr + 2..])
     } else {
         array_elements(reply)?
     };
-    let mut elements = Vec::with_capacity(n);
-    for _ in 0..n {
-        let Ok(Scan::Complete { len }) = ReplyScanner::new(64).scan(body) else { return None };
-        elements.push(&body[..len]);
-        body = &body[len..];
-    }
+    let elements = scan_elements(n, body)?;
     if n % 2 != 0 {
         return None;
     }
@@ -350,7 +345,12 @@ fn channel_counts(reply: &[u8]) -> Option<(bool, Vec<ChannelCount<'_>>)> {
 
 /// Each element of an array reply, as bytes.
 fn split_array(reply: &[u8]) -> Option<Vec<&[u8]>> {
-    let (n, mut body) = array_elements(reply)?;
+    let (n, body) = array_elements(reply)?;
+    scan_elements(n, body)
+}
+
+/// The first `n` complete replies in `body`, as bytes.
+fn scan_elements(n: usize, mut body: &[u8]) -> Option<Vec<&[u8]>> {
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         match ReplyScanner::new(64).scan(body) {
