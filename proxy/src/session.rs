@@ -88,6 +88,8 @@ pub struct Session {
     /// CLUSTER mode: what EXEC answers instead of running the transaction (a command was
     /// refused, or its keys belong to another slot).
     pub(crate) tx_refused: Option<&'static [u8]>,
+    /// CLUSTER mode: the commands without keys a transaction queued before its first key.
+    pub(crate) tx_keyless: crate::session_cluster::Keyless,
     /// The upstream holding this client's outstanding requests.
     last: Option<Rc<Upstream>>,
     /// CLUSTER mode: the worker's router for this service, cached.
@@ -154,6 +156,7 @@ impl Session {
             multi_pending: false,
             tx_slot: None,
             tx_refused: None,
+            tx_keyless: Default::default(),
             last: None,
             router: None,
             scratch: BytesMut::new(),
@@ -632,6 +635,7 @@ impl Session {
         self.multi_pending = false;
         self.tx_slot = None;
         self.tx_refused = None;
+        self.tx_keyless = Default::default();
         self.last = None;
     }
 

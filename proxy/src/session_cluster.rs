@@ -39,7 +39,37 @@ const CROSSSLOT: &[u8] = b"-CROSSSLOT Keys in request don't hash to the same slo
 const EXECABORT: &[u8] = b"-EXECABORT Transaction discarded because of previous errors.\r\n";
 const QUEUED: &[u8] = b"+QUEUED\r\n";
 const DISCARD: &[u8] = b"*1\r\n$7\r\nDISCARD\r\n";
+const MULTI: &[u8] = b"*1\r\n$5\r\nMULTI\r\n";
 const SELECT_IN_CLUSTER: &[u8] = b"-ERR SELECT is not allowed in cluster mode\r\n";
+
+/// A transaction's commands without keys, queued before its first key on the first primary
+/// (MULTI; PING; ... SET k v): kept so that the transaction can move to the node of its first
+/// key. Bounded: past these, the transaction stays where it began.
+const KEYLESS_MAX_BYTES: usize = 1 << 20;
+const KEYLESS_MAX_COMMANDS: usize = 1024;
+
+/// See [`KEYLESS_MAX_BYTES`].
+#[derive(Default)]
+pub(crate) struct Keyless {
+    frames: Vec<Box<[u8]>>,
+    bytes: usize,
+    /// Too many to keep: the transaction can no longer move.
+    overflow: bool,
+}
+
+impl Keyless {
+    fn hold(&mut self, frame: &[u8]) {
+        if self.overflow {
+            return;
+        }
+        self.bytes += frame.len();
+        if self.bytes > KEYLESS_MAX_BYTES || self.frames.len() >= KEYLESS_MAX_COMMANDS {
+            *self = Keyless { overflow: true, ..Default::default() };
+            return;
+        }
+        self.frames.push(frame.into());
+    }
+}
 
 impl Session {
     fn router(&mut self) -> Rc<ClusterRouter> {
@@ -789,6 +819,7 @@ impl Session {
         let exec = special == Special::Exec;
         let refused = self.tx_refused.take();
         self.tx_slot = None;
+        self.tx_keyless = Keyless::default();
         if self.multi_pending {
             // Nothing was queued: the answer of an empty transaction, or of a refused one.
             self.multi_pending = false;
@@ -884,10 +915,24 @@ impl Session {
             self.open_dedicated(&addr, false);
             self.tx_slot = slot;
         }
-        let p = self.pinned.clone().expect("opened");
+        let mut p = self.pinned.clone().expect("opened");
+        if let Some(slot) = slot
+            && self.tx_slot.is_none()
+            && !self.watching
+            && !self.tx_keyless.overflow
+            && let Some(addr) = self.router().primary(slot)
+            && addr != p.endpoint()
+        {
+            // The first key, on another node than the commands without keys before it: the
+            // transaction moves there, once their replies are in.
+            if self.client.outstanding() > 0 {
+                return self.drain();
+            }
+            p = self.move_transaction(&p, &addr);
+        }
         if self.multi_pending {
             let now = self.now();
-            p.send_internal(&self.client, b"*1\r\n$5\r\nMULTI\r\n", now);
+            p.send_internal(&self.client, MULTI, now);
             self.multi_pending = false;
             self.in_multi = true;
         }
@@ -897,9 +942,34 @@ impl Session {
             self.tx_refused.get_or_insert(CROSSSLOT);
             return self.reply_local(cmd, QUEUED);
         }
+        if self.tx_slot.is_none() && !self.watching {
+            self.tx_keyless.hold(frame);
+        } else if !self.tx_keyless.frames.is_empty() {
+            self.tx_keyless = Keyless::default();
+        }
         self.note_write(cmd, &p);
         self.send(&p, frame, cmd, true);
         Step::Done
+    }
+
+    /// Moves a transaction that so far has only commands without keys to `addr`: the old
+    /// node's transaction is dropped (DISCARD on a connection the client keeps, else the
+    /// connection closes), and MULTI and those commands are queued again on the new node,
+    /// their replies dropped (the client has had the old node's).
+    fn move_transaction(&mut self, old: &Rc<Upstream>, addr: &str) -> Rc<Upstream> {
+        let now = self.now();
+        if old.is_private() && self.in_multi {
+            old.send_internal(&self.client, DISCARD, now);
+        }
+        let held = std::mem::take(&mut self.tx_keyless);
+        let up = self.open_dedicated(addr, false);
+        if self.in_multi {
+            up.send_internal(&self.client, MULTI, now);
+            for frame in &held.frames {
+                up.send_internal(&self.client, frame, now);
+            }
+        }
+        up
     }
 
     /// Whether a command on `slot` can join the transaction on `p`: the slot of its first key

@@ -537,7 +537,7 @@ impl Upstream {
         }
     }
 
-    /// Sends a command of the proxy's own ahead of the client's next one; its reply is dropped.
+    /// Sends a command of the proxy's own (ahead of the client's next one); its reply is dropped.
     /// Best effort: if the upstream is unavailable, the client's own command will say so.
     pub fn send_internal(&self, client: &Rc<Client>, frame: &[u8], now: Instant) {
         let mut inner = self.inner.borrow_mut();
@@ -545,6 +545,10 @@ impl Upstream {
             return;
         }
         inner.queue(frame, InFlight::internal(client.clone(), now));
+        if !inner.wake_queued {
+            inner.wake_queued = true;
+            self.wake.notify();
+        }
     }
 
     /// Sends a mirrored copy of a request; its reply is dropped. Never waits: when this

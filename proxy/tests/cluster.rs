@@ -444,6 +444,75 @@ fn a_transaction_over_keys_of_two_slots_gets_crossslot_wherever_they_live() {
 }
 
 #[test]
+fn a_transaction_that_begins_without_keys_runs_on_the_node_of_its_first_key() {
+    let cluster = Cluster::start_with(3, 0);
+    let proxy = proxy_for(&cluster);
+    let keys = key_per_primary(&cluster);
+    let transaction = |k: &str| -> Vec<Vec<u8>> {
+        [&["MULTI"][..], &["PING"], &["ECHO", "hi"], &["SET", k, "1"], &["INCR", k], &["TIME"], &["EXEC"]]
+            .iter()
+            .map(|cmd| Conn::encode(&cmd.iter().map(|a| a.as_bytes()).collect::<Vec<_>>()))
+            .collect()
+    };
+    let check = |replies: &[String], k: &str, how: &str| {
+        assert_eq!(
+            replies[..6],
+            ["+OK\r\n", "+QUEUED\r\n", "+QUEUED\r\n", "+QUEUED\r\n", "+QUEUED\r\n", "+QUEUED\r\n"],
+            "{how} {k}"
+        );
+        assert!(replies[6].starts_with("*5\r\n+PONG\r\n$2\r\nhi\r\n+OK\r\n:2\r\n*2\r\n"), "{how} {k}: {}", replies[6]);
+    };
+    for proto in ["2", "3"] {
+        let mut c = proxy.conn();
+        c.cmd(&["HELLO", proto]);
+        // Whichever node the keys live on, one command at a time and all at once.
+        for (k, _) in &keys {
+            let replies: Vec<String> = transaction(k)
+                .iter()
+                .map(|frame| {
+                    c.send_raw(frame);
+                    String::from_utf8_lossy(&c.read_reply()).into_owned()
+                })
+                .collect();
+            check(&replies, k, "one at a time");
+            assert_eq!(c.cmd(&["GET", k]), "$1\r\n2\r\n");
+            c.send_raw(&transaction(k).concat());
+            let replies: Vec<String> = (0..7).map(|_| String::from_utf8_lossy(&c.read_reply()).into_owned()).collect();
+            check(&replies, k, "pipelined");
+        }
+        // A command refused while queued still aborts the transaction after the move.
+        let k = &keys[2].0;
+        assert_eq!(c.cmd(&["MULTI"]), "+OK\r\n");
+        let refused = c.cmd(&["TIME", "x"]);
+        assert!(refused.starts_with("-ERR wrong number of arguments"), "{refused}");
+        assert_eq!(c.cmd(&["SET", k, "x"]), "+QUEUED\r\n");
+        assert_eq!(c.cmd(&["EXEC"]), "-EXECABORT Transaction discarded because of previous errors.\r\n");
+        assert_eq!(c.cmd(&["GET", k]), "$1\r\n2\r\n", "nothing ran");
+        // DISCARD after the move discards on the key's node.
+        assert_eq!(c.cmd(&["MULTI"]), "+OK\r\n");
+        assert_eq!(c.cmd(&["PING"]), "+QUEUED\r\n");
+        assert_eq!(c.cmd(&["SET", k, "y"]), "+QUEUED\r\n");
+        assert_eq!(c.cmd(&["DISCARD"]), "+OK\r\n");
+        assert_eq!(c.cmd(&["GET", k]), "$1\r\n2\r\n", "nothing ran");
+    }
+    // A client with CLIENT TRACKING runs its transactions on connections of its own to the
+    // nodes: the node the transaction left is not left inside MULTI.
+    let mut c = proxy.conn();
+    c.cmd(&["HELLO", "3"]);
+    assert_eq!(c.cmd(&["CLIENT", "TRACKING", "on"]), "+OK\r\n");
+    for _ in 0..2 {
+        for (k, _) in &keys {
+            c.send_raw(&transaction(k).concat());
+            let replies: Vec<String> = (0..7).map(|_| String::from_utf8_lossy(&c.read_reply()).into_owned()).collect();
+            check(&replies, k, "tracking");
+        }
+    }
+    for (k, _) in &keys {
+        assert_eq!(c.cmd(&["GET", k]), "$1\r\n2\r\n");
+    }
+}
+
+#[test]
 fn a_publish_right_after_a_subscribe_reaches_the_new_subscriber() {
     let cluster = Cluster::start();
     let proxy = proxy_for(&cluster);
