@@ -42,6 +42,38 @@ const DISCARD: &[u8] = b"*1\r\n$7\r\nDISCARD\r\n";
 const MULTI: &[u8] = b"*1\r\n$5\r\nMULTI\r\n";
 const SELECT_IN_CLUSTER: &[u8] = b"-ERR SELECT is not allowed in cluster mode\r\n";
 
+/// CLUSTER subcommands that a standalone Redis refuses with [`CLUSTER_DISABLED_REPLY`] and the
+/// proxy does too; KEYSLOT, COUNTKEYSINSLOT and GETKEYSINSLOT are answered, unknown ones get a
+/// node's error.
+const CLUSTER_DISABLED: &[&[u8]] = &[
+    b"ADDSLOTS",
+    b"ADDSLOTSRANGE",
+    b"BUMPEPOCH",
+    b"COUNT-FAILURE-REPORTS",
+    b"DELSLOTS",
+    b"DELSLOTSRANGE",
+    b"FAILOVER",
+    b"FLUSHSLOTS",
+    b"FORGET",
+    b"HELP",
+    b"INFO",
+    b"LINKS",
+    b"MEET",
+    b"MYID",
+    b"MYSHARDID",
+    b"NODES",
+    b"REPLICAS",
+    b"REPLICATE",
+    b"RESET",
+    b"SAVECONFIG",
+    b"SET-CONFIG-EPOCH",
+    b"SETSLOT",
+    b"SHARDS",
+    b"SLAVES",
+    b"SLOTS",
+];
+const CLUSTER_DISABLED_REPLY: &[u8] = b"-ERR This instance has cluster support disabled\r\n";
+
 /// A transaction's commands without keys, queued before its first key on the first primary
 /// (MULTI; PING; ... SET k v): kept so that the transaction can move to the node of its first
 /// key. Bounded: past these, the transaction stays where it began.
@@ -1164,6 +1196,23 @@ impl Session {
             // Functions, like scripts, must exist on every node that may run them.
             ("FUNCTION", b"LOAD" | b"DELETE" | b"FLUSH" | b"RESTORE") => Some(Combine::Same),
             ("SCAN", _) => return self.cluster_scan(&router, frame, cmd),
+            // The client sees one standalone Redis (HELLO and INFO say so): the cluster's
+            // topology and its administration stay out of its reach, as a standalone Redis
+            // refuses them. Otherwise a cluster-aware client would learn the nodes' addresses
+            // and go around the proxy, and CLUSTER RESET or FAILOVER would hit a random node.
+            // What is about keys and slots is answered as the cluster would.
+            ("CLUSTER", b"COUNTKEYSINSLOT" | b"GETKEYSINSLOT") => {
+                let slot = args(frame).nth(2).and_then(|s| std::str::from_utf8(s).ok()?.parse::<u16>().ok());
+                if let Some(slot) = slot.filter(|&s| usize::from(s) < crate::cluster::slot::SLOTS) {
+                    self.send_to_slot(&router, slot, frame, cmd);
+                    return Step::Done;
+                }
+                // Not a slot: any node gives Redis's error.
+                None
+            }
+            ("CLUSTER", sub) if CLUSTER_DISABLED.contains(&sub) => {
+                return self.reply_local(cmd, CLUSTER_DISABLED_REPLY);
+            }
             // Classic pub/sub: a node counts only its own subscribers, so subscribers and
             // publishers meet on one node, the same for every proxy.
             ("PUBLISH", _) | ("PUBSUB", b"CHANNELS" | b"NUMSUB" | b"NUMPAT") => {

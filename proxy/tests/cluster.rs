@@ -444,6 +444,49 @@ fn a_transaction_over_keys_of_two_slots_gets_crossslot_wherever_they_live() {
 }
 
 #[test]
+fn cluster_commands_get_what_one_redis_answers_except_those_about_keys_and_slots() {
+    let cluster = Cluster::start_with(3, 0);
+    let proxy = proxy_for(&cluster);
+    let standalone = support::Redis::start();
+    let mut plain = standalone.conn();
+    let mut c = proxy.conn();
+    // Topology and administration: refused as by a standalone Redis, so that no client learns
+    // the nodes' addresses and goes around the proxy, and no node is reset or failed over.
+    for cmd in [
+        &["CLUSTER", "SLOTS"][..],
+        &["CLUSTER", "shards"],
+        &["CLUSTER", "NODES"],
+        &["CLUSTER", "INFO"],
+        &["CLUSTER", "MYID"],
+        &["CLUSTER", "HELP"],
+        &["CLUSTER", "RESET", "HARD"],
+        &["CLUSTER", "FAILOVER", "FORCE"],
+    ] {
+        let want = plain.cmd(cmd);
+        assert_eq!(want, "-ERR This instance has cluster support disabled\r\n", "{cmd:?}");
+        assert_eq!(c.cmd(cmd), want, "{cmd:?}");
+    }
+    assert_eq!(c.cmd(&["CLUSTER", "NOSUCH"]), plain.cmd(&["CLUSTER", "NOSUCH"]));
+    assert_eq!(c.cmd(&["INFO", "cluster"]), plain.cmd(&["INFO", "cluster"]));
+    // Keys and slots: answered as the cluster would, by the slot's node.
+    let node = cluster.nodes[0].conn().cmd(&["CLUSTER", "KEYSLOT", "{t}a"]);
+    assert_eq!(c.cmd(&["CLUSTER", "KEYSLOT", "{t}a"]), node);
+    let slot = slot_of(&cluster, "{t}a").to_string();
+    for (k, _) in key_per_primary(&cluster) {
+        let slot = slot_of(&cluster, &k).to_string();
+        assert_eq!(c.cmd(&["SET", &k, "v"]), "+OK\r\n");
+        assert_eq!(c.cmd(&["CLUSTER", "COUNTKEYSINSLOT", &slot]), ":1\r\n", "{k}");
+        assert_eq!(c.cmd(&["CLUSTER", "GETKEYSINSLOT", &slot, "10"]), format!("*1\r\n${}\r\n{k}\r\n", k.len()));
+    }
+    for k in ["{t}a", "{t}b", "{t}c"] {
+        c.cmd(&["SET", k, "v"]);
+    }
+    assert_eq!(c.cmd(&["CLUSTER", "COUNTKEYSINSLOT", &slot]), ":3\r\n");
+    assert_eq!(c.cmd(&["CLUSTER", "COUNTKEYSINSLOT", "16384"]), "-ERR Invalid slot\r\n");
+    assert_eq!(c.cmd(&["CLUSTER", "COUNTKEYSINSLOT", "x"]), "-ERR value is not an integer or out of range\r\n");
+}
+
+#[test]
 fn a_transaction_that_begins_without_keys_runs_on_the_node_of_its_first_key() {
     let cluster = Cluster::start_with(3, 0);
     let proxy = proxy_for(&cluster);
