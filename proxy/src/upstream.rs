@@ -247,6 +247,14 @@ impl Inner {
     }
 
     /// Queues a request to write and its place in the line of replies.
+    /// When the oldest request's opTimeout started: when it was sent or, if Redis answered
+    /// others since, when it last did (`progress`). `None` when nothing is in flight, or the
+    /// oldest is a blocking command: it may block as long as the client asked, and what
+    /// follows it on the connection waits for it.
+    fn timed_head(&self, progress: Instant) -> Option<Instant> {
+        self.inflight.front().filter(|f| f.timed).map(|f| f.start.max(progress))
+    }
+
     fn queue(&mut self, frame: &[u8], mut f: InFlight) {
         self.wbuf.extend_from_slice(frame);
         if self.keep_sent {
@@ -856,6 +864,9 @@ impl Upstream {
         let timer = tokio::time::sleep(Duration::from_secs(3600));
         tokio::pin!(timer);
         let mut timer_armed = false;
+        // When Redis last sent something: a request queued behind others on this connection
+        // cannot be answered before them, so its opTimeout counts from then at the earliest.
+        let mut progress = Instant::now();
         loop {
             let want_write;
             {
@@ -890,8 +901,8 @@ impl Upstream {
                 if inner.retired && inner.inflight.is_empty() && !want_write {
                     return "retired".into();
                 }
-                if !timer_armed && let Some(head) = inner.inflight.iter().find(|f| f.timed) {
-                    timer.as_mut().reset(head.start + self.svc.borrow().op_timeout);
+                if !timer_armed && let Some(due) = inner.timed_head(progress) {
+                    timer.as_mut().reset(due + self.svc.borrow().op_timeout);
                     timer_armed = true;
                 }
             }
@@ -907,6 +918,7 @@ impl Upstream {
                         loop {
                             match read_some(stream, &mut rbuf, READ_SPARE) {
                                 Ok(Read::Data(n)) => {
+                                    progress = Instant::now();
                                     if self.kind == Kind::Dedicated && !self.answered.get() {
                                         self.first_reply();
                                     }
@@ -954,13 +966,7 @@ impl Upstream {
                     timer_armed = false;
                     let svc = self.service();
                     let now = Instant::now();
-                    let expired = self
-                        .inner
-                        .borrow()
-                        .inflight
-                        .iter()
-                        .find(|f| f.timed)
-                        .is_some_and(|head| head.start + svc.op_timeout <= now);
+                    let expired = self.inner.borrow().timed_head(progress).is_some_and(|due| due + svc.op_timeout <= now);
                     if expired {
                         self.metrics.upstream_timeouts.get_or_create(&Metrics::service(&svc.host)).inc();
                         let reply = replies::upstream_timeout(&svc.host, &self.endpoint, svc.op_timeout_text);

@@ -176,11 +176,34 @@ fn a_request_over_op_timeout_gets_an_error_and_others_recover() {
 #[test]
 fn blocking_commands_are_not_cut_by_op_timeout() {
     let redis = Redis::start();
-    let proxy = Proxy::start_config(&config_yaml(&redis.addr(), "    opTimeout: 200ms\n"));
+    let mut proxy = Proxy::start_config(&config_yaml(&redis.addr(), "    opTimeout: 200ms\n"));
     let mut c = proxy.conn();
     let start = Instant::now();
     assert_eq!(c.cmd(&["BLPOP", "nothing", "0.6"]), "*-1\r\n");
     assert!(start.elapsed() >= Duration::from_millis(600));
+
+    // Commands pipelined behind a blocking command wait for it (Redis answers them after it),
+    // and their opTimeout starts when it is answered, not when they were sent.
+    let pipeline = |cmds: &[&[&[u8]]]| cmds.iter().flat_map(|c| Conn::encode(c)).collect::<Vec<u8>>();
+    c.send_raw(&pipeline(&[&[b"BLPOP", b"nothing", b"0.6"], &[b"SET", b"k", b"v"], &[b"GET", b"k"]]));
+    let replies: Vec<String> = (0..3).map(|_| String::from_utf8_lossy(&c.read_reply()).into_owned()).collect();
+    assert_eq!(replies, ["*-1\r\n", "+OK\r\n", "$1\r\nv\r\n"]);
+
+    // A command that hangs behind it (Redis is paused once the blocking command waits) still
+    // gets the opTimeout error, opTimeout after the blocking command's reply.
+    proxy.allow_warning("request timed out");
+    proxy.allow_warning("upstream connection lost");
+    let start = Instant::now();
+    c.send_raw(&pipeline(&[&[b"BLPOP", b"nothing", b"0.4"], &[b"GET", b"k"]]));
+    std::thread::sleep(Duration::from_millis(150));
+    assert_eq!(redis.conn().cmd(&["CLIENT", "PAUSE", "1500", "ALL"]), "+OK\r\n");
+    assert_eq!(c.read_reply(), b"*-1\r\n");
+    let answered = start.elapsed();
+    let hung = String::from_utf8_lossy(&c.read_reply()).into_owned();
+    let waited = start.elapsed() - answered;
+    assert!(hung.contains("did not reply within opTimeout 200ms"), "{hung}");
+    assert!(waited >= Duration::from_millis(150) && waited < Duration::from_millis(600), "waited {waited:?}");
+    assert_eq!(redis.conn().cmd(&["CLIENT", "UNPAUSE"]), "+OK\r\n");
 }
 
 #[test]
