@@ -40,6 +40,7 @@ const EXECABORT: &[u8] = b"-EXECABORT Transaction discarded because of previous 
 const QUEUED: &[u8] = b"+QUEUED\r\n";
 const DISCARD: &[u8] = b"*1\r\n$7\r\nDISCARD\r\n";
 const MULTI: &[u8] = b"*1\r\n$5\r\nMULTI\r\n";
+const BLOCKING_WHILE_WATCHING: &[u8] = b"-ERR respmesh: in CLUSTER mode a blocking command on another node's keys than the WATCHed ones must wait for EXEC, DISCARD or UNWATCH\r\n";
 const SELECT_IN_CLUSTER: &[u8] = b"-ERR SELECT is not allowed in cluster mode\r\n";
 
 /// CLUSTER subcommands that a standalone Redis refuses with [`CLUSTER_DISABLED_REPLY`] and the
@@ -597,6 +598,11 @@ impl Session {
         cmd: CommandId,
         special: Special,
     ) -> Option<Step> {
+        let in_tx = self.in_multi || self.multi_pending;
+        if special == Special::Select && in_tx && answered_by_proxy(frame, argc, spans, special) {
+            // SELECT 0 is queued like any command, and EXEC answers it (Redis Cluster's way).
+            return Some(self.in_transaction(frame, spans, argc, cmd));
+        }
         if answered_by_proxy(frame, argc, spans, special) {
             return None;
         }
@@ -608,7 +614,11 @@ impl Session {
         {
             return Some(step);
         }
-        let in_tx = self.in_multi || self.watching || self.multi_pending;
+        // Between WATCH and MULTI, commands run as usual (WATCH's connection waits for MULTI),
+        // except a blocking one: see `blocking_while_watching`.
+        let blocks_while_watching = self.watching
+            && !in_tx
+            && (special == Special::Blocking || (special == Special::MaybeBlocking && crate::command::blocks(frame)));
         Some(match special {
             Special::Select => self.reply_local(cmd, SELECT_IN_CLUSTER),
             Special::Client => {
@@ -663,6 +673,7 @@ impl Session {
                 Err(step) => step,
             },
             _ if in_tx => self.in_transaction(frame, spans, argc, cmd),
+            _ if blocks_while_watching => self.blocking_while_watching(frame, spans, argc, cmd),
             Special::Wait => self.cluster_wait(frame, cmd),
             Special::Stream if cmd.info().is_some_and(|i| i.name == "MONITOR") => self.cluster_monitor(cmd),
             Special::Stream => self.not_in_cluster(cmd, cmd.info().map_or("this command", |i| i.name)),
@@ -833,15 +844,17 @@ impl Session {
         if self.multi_pending {
             return self.reply_local(cmd, b"-ERR MULTI calls can not be nested\r\n");
         }
+        if self.client.outstanding() > 0 {
+            // What came before runs first, wherever it went: after WATCH, a write to a watched
+            // key on another connection must reach Redis before the transaction does.
+            return self.drain();
+        }
         if let Some(p) = self.pinned.clone()
             && self.watching
         {
             self.send(&p, frame, cmd, true);
             self.in_multi = true;
             return Step::Done;
-        }
-        if self.client.outstanding() > 0 {
-            return self.drain();
         }
         self.multi_pending = true;
         self.reply_local(cmd, crate::replies::OK)
@@ -918,6 +931,22 @@ impl Session {
             self.watching = true;
         }
         step
+    }
+
+    /// A blocking command between WATCH and MULTI runs on WATCH's connection when its keys are
+    /// on that node (it blocks there as it would on Redis). On another node it would need a
+    /// second connection of the client's own while the first holds the WATCH: refused.
+    fn blocking_while_watching(&mut self, frame: &[u8], spans: Spans, argc: usize, cmd: CommandId) -> Step {
+        let slot = match self.command_slot(frame, spans, argc, cmd) {
+            Ok(slot) => slot,
+            Err(step) => return step,
+        };
+        let p = self.pinned.clone().expect("WATCH holds a connection");
+        if slot.is_some_and(|slot| self.router().primary(slot).is_none_or(|addr| addr != p.endpoint())) {
+            return self.reply_local(cmd, BLOCKING_WHILE_WATCHING);
+        }
+        self.send(&p, frame, cmd, false);
+        Step::Done
     }
 
     /// A command between MULTI and EXEC: the first one with a key chooses the node (unless

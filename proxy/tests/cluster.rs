@@ -487,6 +487,60 @@ fn cluster_commands_get_what_one_redis_answers_except_those_about_keys_and_slots
 }
 
 #[test]
+fn commands_between_watch_and_multi_run_as_on_one_redis() {
+    let cluster = Cluster::start_with(3, 0);
+    let proxy = proxy_for(&cluster);
+    let keys = key_per_primary(&cluster);
+    let (a, b) = (keys[0].0.as_str(), keys[1].0.as_str());
+    let mut c = proxy.conn();
+    let mut other = proxy.conn();
+    let run = |c: &mut Conn, cmds: &[&[&str]]| -> Vec<String> {
+        let mut batch = Vec::new();
+        for cmd in cmds {
+            batch.extend(Conn::encode(&cmd.iter().map(|a| a.as_bytes()).collect::<Vec<_>>()));
+        }
+        c.send_raw(&batch);
+        cmds.iter().map(|_| String::from_utf8_lossy(&c.read_reply()).into_owned()).collect()
+    };
+    // A command on another node's key runs (it is not queued: there is no MULTI yet).
+    assert_eq!(other.cmd(&["SET", b, "1"]), "+OK\r\n");
+    assert_eq!(c.cmd(&["WATCH", a]), "+OK\r\n");
+    assert_eq!(c.cmd(&["GET", b]), "$1\r\n1\r\n");
+    assert_eq!(c.cmd(&["INCR", b]), ":2\r\n");
+    assert_eq!(c.cmd(&["PING"]), "+PONG\r\n");
+    assert_eq!(run(&mut c, &[&["MULTI"], &["SET", a, "x"], &["EXEC"]]), ["+OK\r\n", "+QUEUED\r\n", "*1\r\n+OK\r\n"]);
+    // The client's own write to the watched key, pipelined before MULTI, makes EXEC fail, as
+    // on Redis: it reaches Redis before the transaction does.
+    for _ in 0..10 {
+        let replies = run(&mut c, &[&["WATCH", a], &["SET", a, "mine"], &["MULTI"], &["SET", a, "tx"], &["EXEC"]]);
+        assert_eq!(replies, ["+OK\r\n", "+OK\r\n", "+OK\r\n", "+QUEUED\r\n", "*-1\r\n"]);
+        assert_eq!(c.cmd(&["GET", a]), "$4\r\nmine\r\n");
+    }
+    // Another client's write to it, too.
+    assert_eq!(c.cmd(&["WATCH", a]), "+OK\r\n");
+    assert_eq!(other.cmd(&["SET", a, "theirs"]), "+OK\r\n");
+    assert_eq!(run(&mut c, &[&["MULTI"], &["SET", a, "tx"], &["EXEC"]]), ["+OK\r\n", "+QUEUED\r\n", "*-1\r\n"]);
+    // A blocking command blocks on WATCH's node; on another node's keys it is refused.
+    assert_eq!(c.cmd(&["WATCH", a]), "+OK\r\n");
+    assert_eq!(c.cmd(&["BLPOP", &format!("{{{a}}}list"), "0.1"]), "*-1\r\n");
+    let refused = c.cmd(&["BLPOP", b, "0.1"]);
+    assert!(refused.starts_with("-ERR respmesh: in CLUSTER mode a blocking command"), "{refused}");
+    assert_eq!(
+        run(&mut c, &[&["MULTI"], &["GET", a], &["EXEC"]]),
+        ["+OK\r\n", "+QUEUED\r\n", "*1\r\n$6\r\ntheirs\r\n"]
+    );
+    // SELECT 0 inside a transaction is queued, and leaves nothing behind.
+    assert_eq!(
+        run(&mut c, &[&["MULTI"], &["SELECT", "0"], &["SET", a, "s"], &["EXEC"]]),
+        ["+OK\r\n", "+QUEUED\r\n", "+QUEUED\r\n", "*2\r\n+OK\r\n+OK\r\n"]
+    );
+    assert_eq!(run(&mut c, &[&["MULTI"], &["GET", a], &["SELECT", "0"], &["DISCARD"]])[3], "+OK\r\n");
+    for (k, _) in &keys {
+        assert_eq!(c.cmd(&["SET", k, "after"]), "+OK\r\n", "{k}");
+    }
+}
+
+#[test]
 fn a_transaction_that_begins_without_keys_runs_on_the_node_of_its_first_key() {
     let cluster = Cluster::start_with(3, 0);
     let proxy = proxy_for(&cluster);
