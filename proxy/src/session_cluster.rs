@@ -599,9 +599,14 @@ impl Session {
         special: Special,
     ) -> Option<Step> {
         let in_tx = self.in_multi || self.multi_pending;
-        if special == Special::Select && in_tx && answered_by_proxy(frame, argc, spans, special) {
-            // SELECT 0 is queued like any command, and EXEC answers it (Redis Cluster's way).
-            return Some(self.in_transaction(frame, spans, argc, cmd));
+        if special == Special::Select && answered_by_proxy(frame, argc, spans, special) {
+            // SELECT 0 changes nothing here; in a transaction it is queued like any command, and
+            // EXEC answers it (Redis Cluster's way).
+            return Some(if in_tx {
+                self.in_transaction(frame, spans, argc, cmd)
+            } else {
+                self.reply_local(cmd, crate::replies::OK)
+            });
         }
         if answered_by_proxy(frame, argc, spans, special) {
             return None;

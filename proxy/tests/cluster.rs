@@ -529,7 +529,11 @@ fn commands_between_watch_and_multi_run_as_on_one_redis() {
         run(&mut c, &[&["MULTI"], &["GET", a], &["EXEC"]]),
         ["+OK\r\n", "+QUEUED\r\n", "*1\r\n$6\r\ntheirs\r\n"]
     );
-    // SELECT 0 inside a transaction is queued, and leaves nothing behind.
+    // SELECT 0 while watching or inside a transaction leaves nothing behind.
+    assert_eq!(run(&mut c, &[&["WATCH", a], &["SELECT", "0"], &["UNWATCH"]]), ["+OK\r\n", "+OK\r\n", "+OK\r\n"]);
+    for (k, _) in &keys {
+        assert_eq!(c.cmd(&["SET", k, "after"]), "+OK\r\n", "{k}");
+    }
     assert_eq!(
         run(&mut c, &[&["MULTI"], &["SELECT", "0"], &["SET", a, "s"], &["EXEC"]]),
         ["+OK\r\n", "+QUEUED\r\n", "+QUEUED\r\n", "*2\r\n+OK\r\n+OK\r\n"]
