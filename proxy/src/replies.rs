@@ -33,6 +33,34 @@ pub fn wrong_arity(out: &mut BytesMut, command: &str) {
     let _ = write!(out, "-ERR wrong number of arguments for '{command}' command\r\n");
 }
 
+/// Redis's reply to UNSUBSCRIBE, PUNSUBSCRIBE or SUNSUBSCRIBE (`kind`, lower case) from a
+/// connection subscribed to nothing: one message per channel named, or one with a null
+/// channel when none is, each counting 0 subscriptions; pushes in RESP3.
+pub fn unsubscribed<'a>(out: &mut BytesMut, kind: &str, channels: impl Iterator<Item = &'a [u8]>, proto: u8) {
+    let head = if proto >= 3 { '>' } else { '*' };
+    let mut one = |channel: Option<&[u8]>| {
+        let _ = write!(out, "{head}3\r\n${}\r\n{kind}\r\n", kind.len());
+        match channel {
+            Some(c) => {
+                let _ = write!(out, "${}\r\n", c.len());
+                out.put_slice(c);
+                out.put_slice(b"\r\n");
+            }
+            None if proto >= 3 => out.put_slice(b"_\r\n"),
+            None => out.put_slice(b"$-1\r\n"),
+        }
+        out.put_slice(b":0\r\n");
+    };
+    let mut any = false;
+    for c in channels {
+        one(Some(c));
+        any = true;
+    }
+    if !any {
+        one(None);
+    }
+}
+
 /// Redis's reply to an unknown HELLO option.
 pub fn hello_bad_option(out: &mut BytesMut, option: &[u8]) {
     out.put_slice(b"-ERR Syntax error in HELLO option '");

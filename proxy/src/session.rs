@@ -399,6 +399,20 @@ impl Session {
         let arg = |i: usize| spans.get(frame, i).unwrap_or_default();
         if special == Special::None
             && cmd.has_flag(crate::command::flags::PUBSUB)
+            && let Some(kind) = unsubscribe_kind(cmd)
+            && !self.in_multi
+            && !self.multi_pending
+            && !self.pinned.as_ref().is_some_and(|p| p.is_raw())
+        {
+            // Not subscribed (a subscriber's commands go to its own connection): Redis would
+            // answer once per channel, which a shared connection cannot carry; the answer is
+            // known anyway.
+            let mut reply = BytesMut::new();
+            replies::unsubscribed(&mut reply, kind, (1..argc).map(arg), self.proto);
+            return self.reply_local(cmd, &reply);
+        }
+        if special == Special::None
+            && cmd.has_flag(crate::command::flags::PUBSUB)
             && let Some(up) = self.worker.subscribing()
         {
             // PUBLISH after a SUBSCRIBE whose new connection Redis has not answered yet: after it.
@@ -879,6 +893,16 @@ impl Session {
             }
             _ => self.forward(frame, cmd, Want::Current, true),
         }
+    }
+}
+
+/// For UNSUBSCRIBE, PUNSUBSCRIBE and SUNSUBSCRIBE: the name of their messages.
+fn unsubscribe_kind(cmd: CommandId) -> Option<&'static str> {
+    match cmd.info()?.name {
+        "UNSUBSCRIBE" => Some("unsubscribe"),
+        "PUNSUBSCRIBE" => Some("punsubscribe"),
+        "SUNSUBSCRIBE" => Some("sunsubscribe"),
+        _ => None,
     }
 }
 

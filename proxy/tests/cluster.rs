@@ -487,6 +487,14 @@ fn cluster_commands_get_what_one_redis_answers_except_those_about_keys_and_slots
 }
 
 #[test]
+fn unsubscribing_from_nothing_is_answered_once_per_channel_as_by_one_redis() {
+    let cluster = Cluster::start_with(3, 0);
+    let proxy = proxy_for(&cluster);
+    let one = support::Redis::start();
+    support::unsubscribing_from_nothing_is_answered_as_by_redis(&proxy, &one);
+}
+
+#[test]
 fn commands_between_watch_and_multi_run_as_on_one_redis() {
     let cluster = Cluster::start_with(3, 0);
     let proxy = proxy_for(&cluster);

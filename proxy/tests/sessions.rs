@@ -343,3 +343,22 @@ fn wait_counts_replicas_that_have_the_clients_earlier_writes() {
     let _ = stall.read_reply();
     assert_eq!(c.cmd(&["WAIT", "1", "5000"]), ":1\r\n");
 }
+
+#[test]
+fn commands_that_redis_answers_more_than_once_or_never_leave_other_clients_in_step() {
+    let (redis, proxy) = setup();
+    support::unsubscribing_from_nothing_is_answered_as_by_redis(&proxy, &redis);
+
+    // REPLCONF ACK has no reply: the client that sends it gets a connection of its own, and
+    // nobody waits for that reply.
+    let mut replica = proxy.conn();
+    replica.send(&["REPLCONF", "ACK", "0"]);
+    let mut other = proxy.conn();
+    let start = Instant::now();
+    for i in 0..50 {
+        assert_eq!(other.cmd(&["ECHO", &i.to_string()]), format!("${}\r\n{i}\r\n", i.to_string().len()));
+    }
+    assert!(start.elapsed() < Duration::from_secs(2), "took {:?}", start.elapsed());
+    assert_eq!(replica.cmd(&["REPLCONF", "listening-port", "7777"]), "+OK\r\n");
+    assert_eq!(replica.cmd(&["PING"]), "+PONG\r\n");
+}

@@ -131,7 +131,8 @@ pub enum Special {
     Unwatch,
     /// SUBSCRIBE, PSUBSCRIBE, SSUBSCRIBE: the connection becomes a subscriber.
     Subscribe,
-    /// MONITOR, SYNC, PSYNC: the connection becomes a stream.
+    /// MONITOR, SYNC, PSYNC, REPLCONF: the connection becomes a stream (REPLCONF ACK, for one,
+    /// has no reply).
     Stream,
     /// Commands that always block the connection (BLPOP, WAIT, ...).
     Blocking,
@@ -170,7 +171,7 @@ fn specials() -> &'static [Special] {
                 "WATCH" => Special::Watch,
                 "UNWATCH" => Special::Unwatch,
                 "SUBSCRIBE" | "PSUBSCRIBE" | "SSUBSCRIBE" => Special::Subscribe,
-                "MONITOR" | "SYNC" | "PSYNC" => Special::Stream,
+                "MONITOR" | "SYNC" | "PSYNC" | "REPLCONF" => Special::Stream,
                 "XREAD" | "XREADGROUP" => Special::MaybeBlocking,
                 "READONLY" | "READWRITE" => Special::ReadMode,
                 // WAIT and WAITAOF block without carrying the flag.

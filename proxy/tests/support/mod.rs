@@ -679,6 +679,53 @@ pub fn random_commands_never_break(proxy: &Proxy, seed: u64) {
     assert!(!proxy.log().contains("panicked"), "{}", proxy.log());
 }
 
+/// UNSUBSCRIBE, PUNSUBSCRIBE and SUNSUBSCRIBE from a client subscribed to nothing, which Redis
+/// answers once per channel: through the proxy the client gets the same bytes as from
+/// `direct` (a standalone Redis), in RESP2 and RESP3, and another client pipelining at the
+/// same time gets its own replies, none of them shifted.
+pub fn unsubscribing_from_nothing_is_answered_as_by_redis(proxy: &Proxy, direct: &Redis) {
+    let script: &[&[&[u8]]] = &[
+        &[b"UNSUBSCRIBE", b"a", b"b", b"c"],
+        &[b"PUNSUBSCRIBE", b"x*", b"y*"],
+        &[b"SUNSUBSCRIBE", b"q", b"r"],
+        &[b"UNSUBSCRIBE"],
+        &[b"punsubscribe"],
+        &[b"ECHO", b"after"],
+    ];
+    let batch: Vec<u8> = script.iter().flat_map(|c| Conn::encode(c)).collect();
+    let replies = |c: &mut Conn| {
+        c.send_raw(&batch);
+        // Redis answers every channel: read until the ECHO's reply.
+        let mut all = Vec::new();
+        loop {
+            let r = c.read_reply();
+            all.extend_from_slice(&r);
+            if r == b"$5\r\nafter\r\n" {
+                return String::from_utf8_lossy(&all).into_owned();
+            }
+        }
+    };
+    let mut other = proxy.conn();
+    for proto in ["2", "3"] {
+        let mut want = direct.conn();
+        want.cmd(&["HELLO", proto]);
+        let mut got = proxy.conn();
+        got.cmd(&["HELLO", proto]);
+        let expected = replies(&mut want);
+        assert_eq!(expected.matches("subscribe\r\n").count(), 9, "{expected}");
+        for round in 0..20 {
+            let mine: Vec<u8> =
+                (0..20).flat_map(|i| Conn::encode(&[b"ECHO", format!("{round}-{i}").as_bytes()])).collect();
+            other.send_raw(&mine);
+            assert_eq!(replies(&mut got), expected, "RESP{proto}");
+            for i in 0..20 {
+                let echo = format!("{round}-{i}");
+                assert_eq!(other.read_reply(), format!("${}\r\n{echo}\r\n", echo.len()).into_bytes());
+            }
+        }
+    }
+}
+
 /// A subscriber that does not wait for its confirmation, and a PUBLISH right after it from
 /// another connection (what redis-py's asyncio client does): as with Redis itself, the message
 /// reaches the subscriber, although its subscription needed a new upstream connection.
