@@ -844,6 +844,15 @@ impl Session {
         if self.client.outstanding() > 0 {
             return self.drain();
         }
+        if let Some(p) = &self.pinned
+            && p.is_raw()
+            && p.awaits_first_reply()
+        {
+            // SUBSCRIBE (or CLIENT TRACKING ...) and RESET right behind it: the connection's
+            // replies are relayed as they come, uncounted; wait for them before closing it.
+            p.wake_on_first_reply(&self.client);
+            return Step::Drain;
+        }
         self.unpin();
         self.set_name(None);
         self.set_proto(2);

@@ -362,3 +362,35 @@ fn commands_that_redis_answers_more_than_once_or_never_leave_other_clients_in_st
     assert_eq!(replica.cmd(&["REPLCONF", "listening-port", "7777"]), "+OK\r\n");
     assert_eq!(replica.cmd(&["PING"]), "+PONG\r\n");
 }
+
+#[test]
+fn reset_right_behind_a_subscribe_lets_its_confirmation_through() {
+    let (redis, proxy) = setup();
+    for pipeline in [
+        &[&["SUBSCRIBE", "news"][..], &["RESET"], &["ECHO", "after"]][..],
+        &[&["SUBSCRIBE", "a", "b", "c"], &["RESET"], &["ECHO", "after"]],
+        &[&["HELLO", "3"], &["SUBSCRIBE", "news"], &["RESET"], &["ECHO", "after"]],
+        &[&["CLIENT", "TRACKING", "on"], &["RESET"], &["ECHO", "after"]],
+    ] {
+        let bytes: Vec<u8> = pipeline
+            .iter()
+            .flat_map(|c| support::Conn::encode(&c.iter().map(|a| a.as_bytes()).collect::<Vec<_>>()))
+            .collect();
+        let read_all = |c: &mut support::Conn| {
+            c.send_raw(&bytes);
+            let mut all = Vec::new();
+            loop {
+                let r = c.read_reply();
+                all.extend_from_slice(&r);
+                if r == b"$5\r\nafter\r\n" {
+                    // The server id in HELLO's reply differs; the rest must not.
+                    let text = String::from_utf8_lossy(&all).into_owned();
+                    let mut parts = text.split("id\r\n:");
+                    let first = parts.next().unwrap_or_default().to_owned();
+                    return parts.fold(first, |acc, p| acc + "id:N" + p.split_once("\r\n").map_or(p, |(_, r)| r));
+                }
+            }
+        };
+        assert_eq!(read_all(&mut proxy.conn()), read_all(&mut redis.conn()), "{pipeline:?}");
+    }
+}
