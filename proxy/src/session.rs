@@ -38,6 +38,8 @@ const KEEP_READ_CAPACITY: usize = 64 * 1024;
 const RELEASE_READ_ABOVE: usize = 256 * 1024;
 /// Stop reading a client's commands while this much of its output is unsent.
 const MAX_UNSENT_OUTPUT: usize = 256 * 1024 * 1024;
+/// How much a session reads ahead while its next command waits for earlier replies.
+const READ_AHEAD_WHILE_WAITING: usize = 64 * 1024;
 
 /// What the session does with one command.
 pub(crate) enum Step {
@@ -83,6 +85,8 @@ pub struct Session {
     /// CLUSTER mode: MULTI was answered but not sent yet; it goes to the node of the first
     /// command that follows.
     pub(crate) multi_pending: bool,
+    /// RESET went to the client's raw connection; the rest waits for Redis's answer.
+    resetting: bool,
     /// CLUSTER mode: the slot of the transaction's keys, once a queued command had one.
     pub(crate) tx_slot: Option<u16>,
     /// CLUSTER mode: what EXEC answers instead of running the transaction (a command was
@@ -157,6 +161,7 @@ impl Session {
             tx_slot: None,
             tx_refused: None,
             tx_keyless: Default::default(),
+            resetting: false,
             last: None,
             router: None,
             scratch: BytesMut::new(),
@@ -196,10 +201,15 @@ impl Session {
                 || (done_reading && outstanding == 0 && !self.client.has_output() && !streaming)
                 || (self.eof && streaming)
                 || (done_reading && streaming && !self.client.has_output())
+                || (self.eof && self.blocked())
             {
                 break;
             }
-            let want_read = !done_reading && !waiting && self.client.buffered() < MAX_UNSENT_OUTPUT;
+            // While commands wait (behind a blocking one, say), reading goes on a little: enough
+            // to see the client leave, not enough to buffer without bound.
+            let want_read = !done_reading
+                && (!waiting || self.rbuf.len() < READ_AHEAD_WHILE_WAITING)
+                && self.client.buffered() < MAX_UNSENT_OUTPUT;
             let want_write = self.client.write_blocked();
             tokio::select! {
                 r = self.client.stream.readable(), if want_read => {
@@ -228,6 +238,12 @@ impl Session {
             e.unregister();
         }
         debug!(service = %self.host, "client connection closed");
+    }
+
+    /// A blocking command (BLPOP, WAIT, ...) waits for its reply: a client that has left gets
+    /// none, and as with Redis its connection goes (which unblocks Redis's side).
+    fn blocked(&self) -> bool {
+        self.pinned.as_ref().is_some_and(|p| p.is_blocked()) || self.waits.iter().any(|w| w.is_blocked())
     }
 
     fn pinned_raw(&self) -> bool {
@@ -777,9 +793,16 @@ impl Session {
             return self.reply_local(cmd, replies::NOAUTH_HELLO);
         }
         let proto = version.unwrap_or(self.proto);
+        if proto < 3 && self.tracking.is_some() && self.client.outstanding() > 0 {
+            // Tracking ends with RESP2, and its node connections close: not before the replies
+            // still due on them are in.
+            return self.drain();
+        }
         // CLUSTER mode: any primary answers for the server, through the cluster's own
-        // connections (the seed endpoint may be down), as one Redis would.
-        let router = if self.svc.distributed() && self.pinned.is_none() {
+        // connections (the seed endpoint may be down), as one Redis would. A connection the
+        // client holds to one node (a transaction's, WATCH's, a subscriber's) keeps its
+        // protocol: it is not the client's connection to the whole cluster.
+        let router = if self.svc.distributed() {
             match self.topology_ready(cmd) {
                 Ok(r) => Some(r),
                 Err(step) => return step,
@@ -797,7 +820,7 @@ impl Session {
         if login.is_some() {
             self.authenticated = true;
         }
-        if self.pinned.is_some() {
+        if self.pinned.is_some() && !self.svc.distributed() {
             // The dedicated connection now carries a protocol choice: keep it to the end.
             self.permanent = true;
         }
@@ -844,15 +867,34 @@ impl Session {
         if self.client.outstanding() > 0 {
             return self.drain();
         }
-        if let Some(p) = &self.pinned
-            && p.is_raw()
-            && p.awaits_first_reply()
+        if let Some(p) = self.pinned.clone()
+            && (p.is_raw() || self.resetting)
         {
-            // SUBSCRIBE (or CLIENT TRACKING ...) and RESET right behind it: the connection's
-            // replies are relayed as they come, uncounted; wait for them before closing it.
-            p.wake_on_first_reply(&self.client);
-            return Step::Drain;
+            // A subscriber's (or CLIENT TRACKING's, ...) connection relays replies as they
+            // come, uncounted: some may still be due. RESET goes there too, and Redis answers
+            // it after them; the rest of the reset waits for that answer.
+            if !self.resetting {
+                self.send(&p, b"*1\r\n$5\r\nRESET\r\n", cmd, false);
+                p.reset_through(&self.client);
+                self.resetting = true;
+                return Step::Drain;
+            }
+            if p.resetting() {
+                // Woken by an earlier reply: wait on.
+                p.wake_on_first_reply(&self.client);
+                return Step::Drain;
+            }
+            self.resetting = false;
+            self.reset_state();
+            // Redis's +RESET went to the client, unless the connection failed first.
+            return if p.reset_answered() { Step::Done } else { self.reply_local(cmd, replies::RESET) };
         }
+        self.reset_state();
+        self.reply_local(cmd, replies::RESET)
+    }
+
+    /// What RESET resets, on the proxy's side.
+    fn reset_state(&mut self) {
         self.unpin();
         self.set_name(None);
         self.set_proto(2);
@@ -863,7 +905,6 @@ impl Session {
         self.no_evict = false;
         self.stop_tracking();
         self.client.set_silencing(false);
-        self.reply_local(cmd, replies::RESET)
     }
 
     fn client_command(&mut self, frame: &[u8], cmd: CommandId, argc: usize, sub: &[u8], a2: &[u8]) -> Step {

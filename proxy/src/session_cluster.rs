@@ -354,7 +354,16 @@ impl Session {
     pub(crate) fn stop_tracking(&mut self) {
         if let Some(t) = self.tracking.take() {
             if self.pinned.as_ref().is_some_and(|p| p.is_private()) {
+                // A transaction or WATCH held there ends with the connection (EXEC then
+                // answers as Redis does without MULTI).
                 self.pinned = None;
+                self.permanent = false;
+                self.in_multi = false;
+                self.watching = false;
+                self.multi_pending = false;
+                self.tx_slot = None;
+                self.tx_refused = None;
+                self.tx_keyless = Keyless::default();
             }
             t.set.close();
         }
@@ -598,6 +607,15 @@ impl Session {
         cmd: CommandId,
         special: Special,
     ) -> Option<Step> {
+        if self.permanent
+            && self.proto < 3
+            && self.pinned.as_ref().is_some_and(|p| p.is_raw())
+            && !matches!(special, Special::Auth | Special::Quit | Special::Reset | Special::Subscribe)
+        {
+            // A RESP2 subscriber: whatever it sends is answered on its connection, in order
+            // with what Redis sends there (Redis refuses all but pub/sub commands and PING).
+            return Some(self.subscriber_command(frame, spans, argc, cmd));
+        }
         let in_tx = self.in_multi || self.multi_pending;
         if special == Special::Select && answered_by_proxy(frame, argc, spans, special) {
             // SELECT 0 changes nothing here; in a transaction it is queued like any command, and
@@ -693,12 +711,9 @@ impl Session {
                     self.keyed(frame, spans, argc, cmd)
                 }
             }
-            Special::None if self.permanent && self.pinned.is_some() => {
-                // A subscriber (RESP3 lets it run commands): its connection carries them.
-                let p = self.pinned.clone().expect("checked");
-                self.send(&p, frame, cmd, true);
-                Step::Done
-            }
+            // A subscriber in RESP3 runs commands as any client does (its messages are pushes,
+            // apart from the replies).
+            Special::None if self.permanent && self.pinned.is_some() => self.keyed(frame, spans, argc, cmd),
             Special::None => self.keyed(frame, spans, argc, cmd),
             _ => {
                 let name = cmd.info().map_or("this command", |i| i.name);
@@ -938,6 +953,49 @@ impl Session {
         step
     }
 
+    /// A command from a RESP2 subscriber, which Redis refuses unless it is about pub/sub: its
+    /// connection's node refuses it, except that a node redirects a key of another node first.
+    fn subscriber_command(&mut self, frame: &[u8], spans: Spans, argc: usize, cmd: CommandId) -> Step {
+        let p = self.pinned.clone().expect("a subscriber's connection");
+        let _ = (spans, argc);
+        let router = self.router();
+        let mut all: Vec<&[u8]> = args(frame).collect();
+        // Keys the command's node would redirect. Where the proxy cannot tell which arguments
+        // are keys (a key count that is not a number), a node may still read some: every
+        // argument counts.
+        let positions = key_positions(cmd, &all).unwrap_or_else(|_| (1..all.len()).collect());
+        let subscription = cmd.info().is_some_and(|i| i.name.ends_with("SUBSCRIBE"));
+        let elsewhere = !subscription
+            && positions
+                .iter()
+                .any(|&i| router.primary(router.slot_of(all[i])).is_none_or(|addr| addr != p.endpoint()));
+        if !elsewhere {
+            self.send(&p, frame, cmd, true);
+            return Step::Done;
+        }
+        // The same command with its keys on this node: refused there, in Redis's words and in
+        // its place among the subscription's replies (which reach the client as they come).
+        if let Some(here) = router.key_on(p.endpoint()) {
+            for i in positions {
+                all[i] = &here;
+            }
+            let mut moved = BytesMut::new();
+            encode_command(&mut moved, &all);
+            self.send(&p, &moved, cmd, true);
+            return Step::Done;
+        }
+        let mut name = cmd.info().map_or("", |i| i.name).to_ascii_lowercase();
+        if matches!(name.as_str(), "object" | "memory" | "xinfo" | "xgroup")
+            && let Some(sub) = spans.get(frame, 1)
+        {
+            name = format!("{name}|{}", String::from_utf8_lossy(sub).to_ascii_lowercase());
+        }
+        let reply = format!(
+            "-ERR Can't execute '{name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context\r\n"
+        );
+        self.reply_local(cmd, reply.as_bytes())
+    }
+
     /// A blocking command between WATCH and MULTI runs on WATCH's connection when its keys are
     /// on that node (it blocks there as it would on Redis). On another node it would need a
     /// second connection of the client's own while the first holds the WATCH: refused.
@@ -946,7 +1004,10 @@ impl Session {
             Ok(slot) => slot,
             Err(step) => return step,
         };
-        let p = self.pinned.clone().expect("WATCH holds a connection");
+        let Some(p) = self.pinned.clone() else {
+            self.watching = false;
+            return self.cluster_blocking(frame, spans, argc, cmd);
+        };
         if slot.is_some_and(|slot| self.router().primary(slot).is_none_or(|addr| addr != p.endpoint())) {
             return self.reply_local(cmd, BLOCKING_WHILE_WATCHING);
         }

@@ -209,6 +209,11 @@ struct Inner {
     wbuf_large: bool,
     /// Raw relay: every byte read goes to this client.
     raw: Option<Rc<Client>>,
+    /// The raw client sent RESET: relay whole replies until Redis's `+RESET`, then close (see
+    /// [`Upstream::reset_through`]).
+    until_reset: bool,
+    /// Redis's `+RESET` came (and went to the client).
+    reset_answered: bool,
     /// MONITOR over a cluster: this node's lines go to the client, whole.
     monitor: Option<Monitor>,
     /// RESP3 pushes (a tracking client's invalidations) go to this client as they come.
@@ -388,6 +393,8 @@ impl Upstream {
                 inflight: VecDeque::new(),
                 wbuf_large: false,
                 raw: None,
+                until_reset: false,
+                reset_answered: false,
                 monitor: None,
                 pushes: None,
                 stream: None,
@@ -602,6 +609,26 @@ impl Upstream {
         self.inner.borrow().raw.is_some()
     }
 
+    /// A raw connection's client sent RESET, which was just sent on: Redis answers it after
+    /// every reply still due there, which the client must get first. Replies are relayed whole
+    /// until Redis's `+RESET`; then the connection closes (RESET logged it out) and `client`
+    /// is woken. The connection failing wakes it too.
+    pub fn reset_through(&self, client: &Rc<Client>) {
+        self.inner.borrow_mut().until_reset = true;
+        self.wake_on_first_reply(client);
+    }
+
+    /// Whether Redis's `+RESET` came through (see [`Upstream::reset_through`]).
+    pub fn reset_answered(&self) -> bool {
+        self.inner.borrow().reset_answered
+    }
+
+    /// Whether [`Upstream::reset_through`] is still waiting for Redis's `+RESET`.
+    pub fn resetting(&self) -> bool {
+        let inner = self.inner.borrow();
+        inner.until_reset && !inner.retired && matches!(inner.state, State::Connecting | State::Ready)
+    }
+
     /// Whether this upstream can take requests now or after reconnecting.
     pub fn is_usable(&self) -> bool {
         !matches!(self.inner.borrow().state, State::Dead { .. })
@@ -627,6 +654,11 @@ impl Upstream {
 
     /// Closes the connection once nothing is in flight (dedicated: at once).
     /// Nothing queued, nothing awaiting a reply.
+    /// Waiting for a blocking command's reply (a request without opTimeout at the head).
+    pub fn is_blocked(&self) -> bool {
+        self.inner.borrow().inflight.front().is_some_and(|f| !f.timed && !f.internal)
+    }
+
     pub fn is_idle(&self) -> bool {
         let inner = self.inner.borrow();
         inner.inflight.is_empty() && inner.wbuf.len() == inner.written
@@ -1014,6 +1046,33 @@ impl Upstream {
         let mut inner = self.inner.borrow_mut();
         if let Some(m) = inner.monitor.as_mut() {
             return relay_monitor_lines(m, rbuf, scanner, touched);
+        }
+        if inner.until_reset
+            && let Some(client) = inner.raw.clone()
+        {
+            if !touched.last().is_some_and(|l| Rc::ptr_eq(l, &client)) {
+                touched.push(client.clone());
+            }
+            loop {
+                let len = match scanner.scan(rbuf) {
+                    Ok(Scan::Complete { len }) => len,
+                    Ok(Scan::Incomplete { .. }) => return Ok(()),
+                    Err(e) => return Err(format!("unreadable reply from Redis: {e}")),
+                };
+                client.relay(&rbuf[..len]);
+                let reset = &rbuf[..len] == replies::RESET;
+                rbuf.advance(len);
+                if reset {
+                    rbuf.clear();
+                    inner.until_reset = false;
+                    inner.reset_answered = true;
+                    inner.raw = None;
+                    inner.retired = true;
+                    drop(inner);
+                    self.first_reply();
+                    return Ok(());
+                }
+            }
         }
         if let Some(client) = &inner.raw {
             client.relay(rbuf);

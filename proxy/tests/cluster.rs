@@ -495,6 +495,33 @@ fn unsubscribing_from_nothing_is_answered_once_per_channel_as_by_one_redis() {
 }
 
 #[test]
+fn random_pipelines_of_every_command_keep_every_reply_in_place() {
+    let cluster = Cluster::start_with(3, 0);
+    let mut proxy = proxy_for(&cluster);
+    proxy.allow_warning("protocol error");
+    support::random_pipelines_keep_every_reply_in_place(&proxy, 12, true);
+}
+
+#[test]
+fn a_tracking_client_that_pipelines_hello_2_behind_its_reads_gets_every_reply() {
+    let cluster = Cluster::start_with(3, 0);
+    let proxy = proxy_for(&cluster);
+    let keys = key_per_primary(&cluster);
+    let mut c = proxy.conn();
+    c.cmd(&["HELLO", "3"]);
+    assert_eq!(c.cmd(&["CLIENT", "TRACKING", "on"]), "+OK\r\n");
+    let mut batch: Vec<u8> = keys.iter().flat_map(|(k, _)| Conn::encode(&[b"GET", k.as_bytes()])).collect();
+    batch.extend(Conn::encode(&[b"HELLO", b"2"]));
+    batch.extend(Conn::encode(&[b"ECHO", b"after"]));
+    c.send_raw(&batch);
+    for (k, _) in &keys {
+        assert_eq!(c.read_reply(), b"_\r\n", "{k}");
+    }
+    assert!(c.read_reply().starts_with(b"*14\r\n"));
+    assert_eq!(c.read_reply(), b"$5\r\nafter\r\n");
+}
+
+#[test]
 fn commands_between_watch_and_multi_run_as_on_one_redis() {
     let cluster = Cluster::start_with(3, 0);
     let proxy = proxy_for(&cluster);

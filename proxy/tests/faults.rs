@@ -331,3 +331,41 @@ fn a_subscriber_that_redis_cuts_off_is_disconnected_by_the_proxy_too() {
     read_until_closed(&mut sub);
     assert_eq!(proxy.conn().cmd(&["PING"]), "+PONG\r\n");
 }
+
+#[test]
+fn random_pipelines_of_every_command_keep_every_reply_in_place() {
+    let redis = Redis::start();
+    let mut proxy = Proxy::start_args(&["--upstream", &redis.addr()]);
+    proxy.allow_warning("protocol error");
+    support::random_pipelines_keep_every_reply_in_place(&proxy, 11, false);
+}
+
+#[test]
+fn a_client_that_leaves_while_blocked_takes_its_redis_connection_with_it() {
+    let redis = Redis::start();
+    let proxy = Proxy::start_args(&["--upstream", &redis.addr()]);
+    let pipelines: &[&[&[&[u8]]]] = &[
+        &[&[b"BLPOP", b"nothing", b"0"]],
+        // Commands behind the blocking one: the client is still seen leaving.
+        &[&[b"BLPOP", b"nothing", b"0"], &[b"GET", b"k"], &[b"SET", b"k", b"v"]],
+        &[&[b"SET", b"k", b"v"], &[b"WAIT", b"1", b"0"], &[b"GET", b"k"]],
+        &[&[b"XREAD", b"BLOCK", b"0", b"STREAMS", b"s", b"$"]],
+        &[&[b"WATCH", b"k"], &[b"BRPOP", b"nothing", b"0"]],
+    ];
+    for pipeline in pipelines {
+        let mut c = proxy.conn();
+        c.send_raw(&pipeline.iter().flat_map(|cmd| Conn::encode(cmd)).collect::<Vec<u8>>());
+        std::thread::sleep(Duration::from_millis(100));
+        drop(c);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let blocked = || {
+        let list = redis.conn().cmd(&["CLIENT", "LIST"]);
+        list.lines().filter(|l| l.contains("flags=b")).count()
+    };
+    while (blocked() > 0 || proxy.metric("respmesh_proxy_client_connections") > 0.0) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(blocked(), 0, "Redis still has blocked clients: {}", redis.conn().cmd(&["CLIENT", "LIST"]));
+    assert_eq!(proxy.metric("respmesh_proxy_client_connections"), 0.0, "sessions left behind");
+}

@@ -371,6 +371,17 @@ fn reset_right_behind_a_subscribe_lets_its_confirmation_through() {
         &[&["SUBSCRIBE", "a", "b", "c"], &["RESET"], &["ECHO", "after"]],
         &[&["HELLO", "3"], &["SUBSCRIBE", "news"], &["RESET"], &["ECHO", "after"]],
         &[&["CLIENT", "TRACKING", "on"], &["RESET"], &["ECHO", "after"]],
+        // Commands a subscriber may not run, answered by Redis before the RESET behind them.
+        &[
+            &["SUBSCRIBE", "news"],
+            &["GET", "k"],
+            &["SCARD", "s"],
+            &["ECHO", "x"],
+            &["RESET"],
+            &["GET", "k"],
+            &["ECHO", "after"],
+        ],
+        &[&["HELLO", "3"], &["SUBSCRIBE", "a", "b"], &["GET", "k"], &["RESET"], &["ECHO", "after"]],
     ] {
         let bytes: Vec<u8> = pipeline
             .iter()
