@@ -659,6 +659,12 @@ impl Session {
         for m in self.monitors.drain(..) {
             m.retire();
         }
+        self.forget_pinned_state();
+        self.last = None;
+    }
+
+    /// What a pinned connection carried (a transaction, WATCH, a permanent pin) is gone.
+    pub(crate) fn forget_pinned_state(&mut self) {
         self.permanent = false;
         self.in_multi = false;
         self.watching = false;
@@ -666,7 +672,6 @@ impl Session {
         self.tx_slot = None;
         self.tx_refused = None;
         self.tx_keyless = Default::default();
-        self.last = None;
     }
 
     fn forward(&mut self, frame: &[u8], cmd: CommandId, want: Want, timed: bool) -> Step {

@@ -357,13 +357,7 @@ impl Session {
                 // A transaction or WATCH held there ends with the connection (EXEC then
                 // answers as Redis does without MULTI).
                 self.pinned = None;
-                self.permanent = false;
-                self.in_multi = false;
-                self.watching = false;
-                self.multi_pending = false;
-                self.tx_slot = None;
-                self.tx_refused = None;
-                self.tx_keyless = Keyless::default();
+                self.forget_pinned_state();
             }
             t.set.close();
         }

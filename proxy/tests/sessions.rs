@@ -388,19 +388,11 @@ fn reset_right_behind_a_subscribe_lets_its_confirmation_through() {
             .flat_map(|c| support::Conn::encode(&c.iter().map(|a| a.as_bytes()).collect::<Vec<_>>()))
             .collect();
         let read_all = |c: &mut support::Conn| {
-            c.send_raw(&bytes);
-            let mut all = Vec::new();
-            loop {
-                let r = c.read_reply();
-                all.extend_from_slice(&r);
-                if r == b"$5\r\nafter\r\n" {
-                    // The server id in HELLO's reply differs; the rest must not.
-                    let text = String::from_utf8_lossy(&all).into_owned();
-                    let mut parts = text.split("id\r\n:");
-                    let first = parts.next().unwrap_or_default().to_owned();
-                    return parts.fold(first, |acc, p| acc + "id:N" + p.split_once("\r\n").map_or(p, |(_, r)| r));
-                }
-            }
+            let text = c.send_until(&bytes, b"$5\r\nafter\r\n");
+            // The server id in HELLO's reply differs; the rest must not.
+            let mut parts = text.split("id\r\n:");
+            let first = parts.next().unwrap_or_default().to_owned();
+            parts.fold(first, |acc, p| acc + "id:N" + p.split_once("\r\n").map_or(p, |(_, r)| r))
         };
         assert_eq!(read_all(&mut proxy.conn()), read_all(&mut redis.conn()), "{pipeline:?}");
     }

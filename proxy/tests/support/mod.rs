@@ -444,6 +444,20 @@ impl Conn {
         }
     }
 
+    /// Sends `bytes`, then reads replies up to and including `last`: all of them, as text
+    /// (lossy). For pipelines whose commands may get more than one reply each.
+    pub fn send_until(&mut self, bytes: &[u8], last: &[u8]) -> String {
+        self.send_raw(bytes);
+        let mut all = Vec::new();
+        loop {
+            let r = self.read_reply();
+            all.extend_from_slice(&r);
+            if r == last {
+                return String::from_utf8_lossy(&all).into_owned();
+            }
+        }
+    }
+
     /// Sends a command and returns its reply as text (lossy), for readable assertions.
     pub fn cmd(&mut self, args: &[&str]) -> String {
         self.send(args);
@@ -988,18 +1002,8 @@ pub fn unsubscribing_from_nothing_is_answered_as_by_redis(proxy: &Proxy, direct:
         &[b"ECHO", b"after"],
     ];
     let batch: Vec<u8> = script.iter().flat_map(|c| Conn::encode(c)).collect();
-    let replies = |c: &mut Conn| {
-        c.send_raw(&batch);
-        // Redis answers every channel: read until the ECHO's reply.
-        let mut all = Vec::new();
-        loop {
-            let r = c.read_reply();
-            all.extend_from_slice(&r);
-            if r == b"$5\r\nafter\r\n" {
-                return String::from_utf8_lossy(&all).into_owned();
-            }
-        }
-    };
+    // Redis answers every channel: read until the ECHO's reply.
+    let replies = |c: &mut Conn| c.send_until(&batch, b"$5\r\nafter\r\n");
     let mut other = proxy.conn();
     for proto in ["2", "3"] {
         let mut want = direct.conn();
