@@ -608,7 +608,7 @@ impl Session {
         {
             // A RESP2 subscriber: whatever it sends is answered on its connection, in order
             // with what Redis sends there (Redis refuses all but pub/sub commands and PING).
-            return Some(self.subscriber_command(frame, spans, argc, cmd));
+            return Some(self.subscriber_command(frame, spans, cmd));
         }
         let in_tx = self.in_multi || self.multi_pending;
         if special == Special::Select && answered_by_proxy(frame, argc, spans, special) {
@@ -949,9 +949,8 @@ impl Session {
 
     /// A command from a RESP2 subscriber, which Redis refuses unless it is about pub/sub: its
     /// connection's node refuses it, except that a node redirects a key of another node first.
-    fn subscriber_command(&mut self, frame: &[u8], spans: Spans, argc: usize, cmd: CommandId) -> Step {
+    fn subscriber_command(&mut self, frame: &[u8], spans: Spans, cmd: CommandId) -> Step {
         let p = self.pinned.clone().expect("a subscriber's connection");
-        let _ = (spans, argc);
         let router = self.router();
         let mut all: Vec<&[u8]> = args(frame).collect();
         // Keys the command's node would redirect. Where the proxy cannot tell which arguments
