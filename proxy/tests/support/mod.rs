@@ -1038,7 +1038,15 @@ pub fn publish_right_after_subscribe_reaches_the_subscriber(proxy: &Proxy) {
             assert!(sub.cmd(&["HELLO", &protocol.to_string()]).starts_with(['*', '%']));
             let channel = format!("fresh{protocol}-{i}");
             sub.send(&["SUBSCRIBE", &channel]);
-            assert_eq!(publisher.cmd(&["PUBLISH", &channel, "first"]), ":1\r\n", "RESP{protocol}, subscriber {i}");
+            let sent = Instant::now();
+            let published = publisher.cmd(&["PUBLISH", &channel, "first"]);
+            if published != ":1\r\n" {
+                let confirmation = String::from_utf8_lossy(&sub.read_reply()).into_owned();
+                panic!(
+                    "RESP{protocol}, subscriber {i}: PUBLISH answered {published:?} after {:?}; the subscriber got {confirmation:?}",
+                    sent.elapsed()
+                );
+            }
             let kind = if protocol == 3 { '>' } else { '*' };
             assert_eq!(
                 String::from_utf8_lossy(&sub.read_reply()),
