@@ -87,6 +87,15 @@ pub struct Session {
     pub(crate) multi_pending: bool,
     /// RESET went to the client's raw connection; the rest waits for Redis's answer.
     resetting: bool,
+    /// The pinned raw connection is a subscriber's (not MONITOR's or a replica's stream).
+    pub(crate) subscriber: bool,
+    /// Replies may still be due on the subscriber's connection, which relays them as they
+    /// come; a reply from anywhere else waits for them (see `sync_subscriber`).
+    pub(crate) raw_unsynced: bool,
+    /// `sync_subscriber` is waiting for the subscriber's connection.
+    syncing: bool,
+    /// Numbers the proxy's markers on the subscriber's connection.
+    syncs: u64,
     /// CLUSTER mode: the slot of the transaction's keys, once a queued command had one.
     pub(crate) tx_slot: Option<u16>,
     /// CLUSTER mode: what EXEC answers instead of running the transaction (a command was
@@ -162,6 +171,10 @@ impl Session {
             tx_refused: None,
             tx_keyless: Default::default(),
             resetting: false,
+            subscriber: false,
+            raw_unsynced: false,
+            syncing: false,
+            syncs: 0,
             last: None,
             router: None,
             scratch: BytesMut::new(),
@@ -246,7 +259,7 @@ impl Session {
         self.pinned.as_ref().is_some_and(|p| p.is_blocked()) || self.waits.iter().any(|w| w.is_blocked())
     }
 
-    fn pinned_raw(&self) -> bool {
+    pub(crate) fn pinned_raw(&self) -> bool {
         self.pinned.as_ref().is_some_and(|p| p.is_raw() && p.is_usable())
     }
 
@@ -385,6 +398,12 @@ impl Session {
             return self.reply_local(cmd, &replies::service_refused(&self.host, &why));
         }
         let special = cmd.special();
+        if self.raw_unsynced
+            && !self.answered_on_subscriber_conn(special, cmd)
+            && let Some(step) = self.sync_subscriber()
+        {
+            return step;
+        }
         if !self.authenticated && !matches!(special, Special::Auth | Special::Hello | Special::Quit) {
             return self.reply_local(cmd, replies::NOAUTH);
         }
@@ -493,6 +512,7 @@ impl Session {
                 step
             }
             Special::Subscribe | Special::Stream => {
+                self.subscriber |= special == Special::Subscribe;
                 let step = self.forward(frame, cmd, Want::Dedicated { permanent: true, raw: true }, false);
                 if special == Special::Subscribe
                     && let Some(p) = &self.pinned
@@ -647,6 +667,50 @@ impl Session {
         Ok(target)
     }
 
+    /// Whether the reply to this command comes on the subscriber's connection (see
+    /// `sync_subscriber`).
+    fn answered_on_subscriber_conn(&self, special: Special, cmd: CommandId) -> bool {
+        match special {
+            Special::Subscribe | Special::Reset => true,
+            Special::Auth | Special::Hello | Special::Quit => false,
+            // One Redis: the rest of a subscriber's commands go to its connection.
+            _ if !self.svc.distributed() => true,
+            _ if unsubscribe_kind(cmd).is_some() => true,
+            // A RESP2 subscriber's commands go there too (see `subscriber_command`); a RESP3
+            // subscriber's go to their keys' nodes.
+            _ => self.proto < 3 && self.permanent && self.pinned_raw(),
+        }
+    }
+
+    /// A subscriber's connection relays its replies as they come, uncounted. Before a reply
+    /// from anywhere else (another node, the proxy itself), those still due must reach the
+    /// client: the proxy sends a `PING` marker there and waits for its answer.
+    fn sync_subscriber(&mut self) -> Option<Step> {
+        let p = self.pinned.clone().filter(|p| p.is_raw() && p.is_usable());
+        let Some(p) = p else {
+            self.raw_unsynced = false;
+            self.syncing = false;
+            return None;
+        };
+        if !self.syncing {
+            self.syncs += 1;
+            if !p.sync_through(&self.client, Bytes::from(format!("respmesh-sync-{}", self.syncs))) {
+                self.raw_unsynced = false;
+                return None;
+            }
+            self.syncing = true;
+            return Some(Step::Drain);
+        }
+        if p.syncing() {
+            // Woken by an earlier reply: wait on.
+            p.wake_on_first_reply(&self.client);
+            return Some(Step::Drain);
+        }
+        self.syncing = false;
+        self.raw_unsynced = false;
+        None
+    }
+
     pub(crate) fn drain(&self) -> Step {
         self.client.waiting_drain.set(true);
         Step::Drain
@@ -665,6 +729,9 @@ impl Session {
 
     /// What a pinned connection carried (a transaction, WATCH, a permanent pin) is gone.
     pub(crate) fn forget_pinned_state(&mut self) {
+        self.subscriber = false;
+        self.raw_unsynced = false;
+        self.syncing = false;
         self.permanent = false;
         self.in_multi = false;
         self.watching = false;
@@ -686,6 +753,9 @@ impl Session {
     pub(crate) fn send(&mut self, target: &Rc<Upstream>, frame: &[u8], cmd: CommandId, timed: bool) {
         // One clock read per batch of commands: latency is measured from when it was read.
         let now = *self.batch_start.get_or_insert_with(Instant::now);
+        if self.subscriber && target.is_raw() {
+            self.raw_unsynced = true;
+        }
         match target.send(&self.client, frame, cmd, timed, now, self.fault_delay) {
             Ok(()) => self.last = Some(target.clone()),
             Err(reply) => {
@@ -952,7 +1022,7 @@ impl Session {
 }
 
 /// For UNSUBSCRIBE, PUNSUBSCRIBE and SUNSUBSCRIBE: the name of their messages.
-fn unsubscribe_kind(cmd: CommandId) -> Option<&'static str> {
+pub(crate) fn unsubscribe_kind(cmd: CommandId) -> Option<&'static str> {
     match cmd.info()?.name {
         "UNSUBSCRIBE" => Some("unsubscribe"),
         "PUNSUBSCRIBE" => Some("punsubscribe"),

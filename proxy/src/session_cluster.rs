@@ -672,19 +672,13 @@ impl Session {
             },
             // Classic pub/sub: on the node where PUBLISH counts its receivers.
             Special::Subscribe if cmd.info().is_none_or(|i| i.name != "SSUBSCRIBE") => match self.pinned.clone() {
-                Some(p) if self.permanent => {
-                    self.send(&p, frame, cmd, false);
-                    Step::Done
-                }
+                Some(p) if self.permanent => self.send_to_subscriber(&p, frame, cmd),
                 _ => self.send_dedicated_node(frame, cmd, Some(PUBSUB_SLOT), true, true),
             },
             // Sharded pub/sub lives on the node of the channel's slot.
             Special::Subscribe => match self.command_slot(frame, spans, argc, cmd) {
                 Ok(slot) => match self.pinned.clone() {
-                    Some(p) if self.permanent => {
-                        self.send(&p, frame, cmd, false);
-                        Step::Done
-                    }
+                    Some(p) if self.permanent => self.send_to_subscriber(&p, frame, cmd),
                     _ => self.send_dedicated_node(frame, cmd, slot, true, true),
                 },
                 Err(step) => step,
@@ -706,8 +700,11 @@ impl Session {
                 }
             }
             // A subscriber in RESP3 runs commands as any client does (its messages are pushes,
-            // apart from the replies).
-            Special::None if self.permanent && self.pinned.is_some() => self.keyed(frame, spans, argc, cmd),
+            // apart from the replies), but its subscriptions are on its connection.
+            Special::None if self.permanent && self.pinned_raw() && crate::session::unsubscribe_kind(cmd).is_some() => {
+                let p = self.pinned.clone().expect("a subscriber's connection");
+                self.send_to_subscriber(&p, frame, cmd)
+            }
             Special::None => self.keyed(frame, spans, argc, cmd),
             _ => {
                 let name = cmd.info().map_or("this command", |i| i.name);
@@ -801,6 +798,7 @@ impl Session {
         if raw {
             up.set_raw(self.client.clone());
         }
+        self.subscriber |= raw;
         self.send(&up, frame, cmd, !raw && permanent);
         if cmd.special() == Special::Subscribe {
             self.worker.note_subscribing(&up);
@@ -947,6 +945,17 @@ impl Session {
         step
     }
 
+    /// Sends a command to the subscriber's own connection, whose replies reach the client as
+    /// they come: after every reply due from elsewhere.
+    fn send_to_subscriber(&mut self, p: &Rc<Upstream>, frame: &[u8], cmd: CommandId) -> Step {
+        if self.client.outstanding() > 0 {
+            return self.drain();
+        }
+        self.subscriber = true;
+        self.send(p, frame, cmd, false);
+        Step::Done
+    }
+
     /// A command from a RESP2 subscriber, which Redis refuses unless it is about pub/sub: its
     /// connection's node refuses it, except that a node redirects a key of another node first.
     fn subscriber_command(&mut self, frame: &[u8], spans: Spans, cmd: CommandId) -> Step {
@@ -963,8 +972,7 @@ impl Session {
                 .iter()
                 .any(|&i| router.primary(router.slot_of(all[i])).is_none_or(|addr| addr != p.endpoint()));
         if !elsewhere {
-            self.send(&p, frame, cmd, true);
-            return Step::Done;
+            return self.send_to_subscriber(&p, frame, cmd);
         }
         // The same command with its keys on this node: refused there, in Redis's words and in
         // its place among the subscription's replies (which reach the client as they come).
@@ -974,8 +982,7 @@ impl Session {
             }
             let mut moved = BytesMut::new();
             encode_command(&mut moved, &all);
-            self.send(&p, &moved, cmd, true);
-            return Step::Done;
+            return self.send_to_subscriber(&p, &moved, cmd);
         }
         let mut name = cmd.info().map_or("", |i| i.name).to_ascii_lowercase();
         if matches!(name.as_str(), "object" | "memory" | "xinfo" | "xgroup")

@@ -214,6 +214,9 @@ struct Inner {
     until_reset: bool,
     /// Redis's `+RESET` came (and went to the client).
     reset_answered: bool,
+    /// The raw client's next reply comes from elsewhere: relay whole replies until the answer
+    /// to the proxy's `PING <token>`, which is dropped (see [`Upstream::sync_through`]).
+    until_marker: Option<Bytes>,
     /// MONITOR over a cluster: this node's lines go to the client, whole.
     monitor: Option<Monitor>,
     /// RESP3 pushes (a tracking client's invalidations) go to this client as they come.
@@ -267,6 +270,17 @@ impl Inner {
         }
         self.inflight.push_back(f);
     }
+}
+
+/// Whether `reply` answers `PING token`: a bulk string, or in a RESP2 subscriber's context
+/// `["pong", token]`.
+fn is_pong(reply: &[u8], token: &[u8]) -> bool {
+    let bulk = |r: &[u8]| {
+        r.strip_prefix(format!("${}\r\n", token.len()).as_bytes())
+            .and_then(|r| r.strip_prefix(token))
+            .is_some_and(|r| r == b"\r\n")
+    };
+    bulk(reply) || reply.strip_prefix(b"*2\r\n$4\r\npong\r\n".as_slice()).is_some_and(bulk)
 }
 
 /// Relays every complete MONITOR line in `rbuf` (a partial one waits for the rest).
@@ -395,6 +409,7 @@ impl Upstream {
                 raw: None,
                 until_reset: false,
                 reset_answered: false,
+                until_marker: None,
                 monitor: None,
                 pushes: None,
                 stream: None,
@@ -616,6 +631,33 @@ impl Upstream {
     pub fn reset_through(&self, client: &Rc<Client>) {
         self.inner.borrow_mut().until_reset = true;
         self.wake_on_first_reply(client);
+    }
+
+    /// A raw connection's client sent a command answered elsewhere (another node, or the
+    /// proxy): the replies still due here must reach it first. Sends `PING <token>`, which
+    /// Redis answers after them; replies are relayed whole until that answer, which is dropped,
+    /// and `client` is woken. The connection failing wakes it too.
+    /// Returns false (nothing sent) when the connection is not relaying or not working.
+    pub fn sync_through(&self, client: &Rc<Client>, token: Bytes) -> bool {
+        let mut inner = self.inner.borrow_mut();
+        if inner.raw.is_none() || inner.retired || !matches!(inner.state, State::Connecting | State::Ready) {
+            return false;
+        }
+        encode_command(&mut inner.wbuf, &[&b"PING"[..], &token]);
+        inner.until_marker = Some(token);
+        if !inner.wake_queued {
+            inner.wake_queued = true;
+            self.wake.notify();
+        }
+        drop(inner);
+        self.wake_on_first_reply(client);
+        true
+    }
+
+    /// Whether [`Upstream::sync_through`] still waits for its answer.
+    pub fn syncing(&self) -> bool {
+        let inner = self.inner.borrow();
+        inner.until_marker.is_some() && !inner.retired && matches!(inner.state, State::Connecting | State::Ready)
     }
 
     /// Whether Redis's `+RESET` came through (see [`Upstream::reset_through`]).
@@ -1074,6 +1116,32 @@ impl Upstream {
                 }
             }
         }
+        if let Some(token) = inner.until_marker.clone()
+            && let Some(client) = inner.raw.clone()
+        {
+            if !touched.last().is_some_and(|l| Rc::ptr_eq(l, &client)) {
+                touched.push(client.clone());
+            }
+            loop {
+                let len = match scanner.scan(rbuf) {
+                    Ok(Scan::Complete { len }) => len,
+                    Ok(Scan::Incomplete { .. }) => return Ok(()),
+                    Err(e) => return Err(format!("unreadable reply from Redis: {e}")),
+                };
+                let marker = is_pong(&rbuf[..len], &token);
+                if !marker {
+                    client.relay(&rbuf[..len]);
+                }
+                rbuf.advance(len);
+                if marker {
+                    inner.until_marker = None;
+                    drop(inner);
+                    self.first_reply();
+                    inner = self.inner.borrow_mut();
+                    break;
+                }
+            }
+        }
         if let Some(client) = &inner.raw {
             client.relay(rbuf);
             rbuf.clear();
@@ -1191,5 +1259,18 @@ mod redirect_tests {
         );
         assert_eq!(Redirect::parse(b"-ERR MOVED is a word\r\n"), None);
         assert_eq!(Redirect::parse(b"-MOVED x y\r\n"), None);
+    }
+
+    #[test]
+    fn the_sync_marker_is_known_in_both_contexts() {
+        // Outside a RESP2 subscriber's context (and in RESP3): a bulk string.
+        assert!(is_pong(b"$4\r\nsync\r\n", b"sync"));
+        // In a RESP2 subscriber's context.
+        assert!(is_pong(b"*2\r\n$4\r\npong\r\n$4\r\nsync\r\n", b"sync"));
+        // A client's own replies are not the marker.
+        assert!(!is_pong(b"$5\r\nsync2\r\n", b"sync"));
+        assert!(!is_pong(b"*2\r\n$4\r\npong\r\n$0\r\n\r\n", b"sync"));
+        assert!(!is_pong(b">3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$4\r\nsync\r\n", b"sync"));
+        assert!(!is_pong(b"+PONG\r\n", b"sync"));
     }
 }

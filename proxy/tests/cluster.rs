@@ -1249,3 +1249,65 @@ fn clients_that_leave_and_large_values_take_no_memory_for_good() {
     assert!(rss <= idle + 16 * 1024, "resident memory {rss} KiB after the value passed, {idle} KiB before");
     assert_eq!(c.cmd(&["GET", "missing"]), "$-1\r\n");
 }
+
+/// A RESP3 client's pipeline of subscriptions and commands on keys of every node gets its
+/// replies in the order one Redis gives them: a subscription's confirmation before the reply
+/// to any later command, and a command's reply before a later subscription's confirmation.
+#[test]
+fn a_subscriber_gets_confirmations_and_replies_in_order() {
+    let cluster = Cluster::start();
+    let proxy = proxy_for(&cluster);
+    let one = support::Redis::start();
+    // Keys on every primary, one value each.
+    let keys: Vec<String> = {
+        let mut seen = std::collections::HashSet::new();
+        (0..100)
+            .map(|i| format!("order:{i}"))
+            .filter(|k| seen.insert(cluster.primary_for(slot_of(&cluster, k)).port))
+            .collect()
+    };
+    assert_eq!(keys.len(), 3);
+    let mut script = Vec::new();
+    for k in &keys {
+        script.push(vec!["SET".into(), k.clone(), format!("v-{k}")]);
+    }
+    for (i, k) in keys.iter().enumerate() {
+        script.push(vec!["SUBSCRIBE".into(), format!("ch{i}"), format!("ch{i}b")]);
+        script.push(vec!["GET".into(), k.clone()]);
+        script.push(vec!["INCR".into(), format!("{k}:n")]);
+        script.push(vec!["PSUBSCRIBE".into(), format!("p{i}*")]);
+        script.push(vec!["CLIENT".into(), "SETNAME".into(), format!("n{i}")]);
+        script.push(vec!["UNSUBSCRIBE".into(), format!("ch{i}b")]);
+        script.push(vec!["MGET".into(), keys[0].clone(), keys[1].clone(), keys[2].clone()]);
+        script.push(vec!["PUNSUBSCRIBE".into(), format!("p{i}*"), "nothing*".into()]);
+        script.push(vec!["DEL".into(), format!("{k}:n")]);
+        script.push(vec!["PING".into()]);
+    }
+    script.push(vec!["PING".into(), "end".into()]);
+    let mut bytes = Vec::new();
+    for cmd in &script {
+        let args: Vec<&[u8]> = cmd.iter().map(|a| a.as_bytes()).collect();
+        bytes.extend(Conn::encode(&args));
+    }
+    let end = b"$3\r\nend\r\n";
+    let run = |mut c: Conn| {
+        assert!(c.cmd(&["HELLO", "3"]).starts_with('%'));
+        c.send_until(&bytes, end)
+    };
+    let direct = run(one.conn());
+    for round in 0..5 {
+        let through = run(proxy.conn());
+        assert_eq!(through, direct, "round {round}");
+    }
+    // QUIT, which the proxy answers, from a RESP2 subscriber: after the confirmations.
+    let quit = Conn::encode(&[b"SUBSCRIBE", b"q1", b"q2", b"q3"])
+        .into_iter()
+        .chain(Conn::encode(&[b"QUIT"]))
+        .collect::<Vec<u8>>();
+    let direct = one.conn().send_until(&quit, b"+OK\r\n");
+    for round in 0..5 {
+        let mut c = proxy.conn();
+        assert_eq!(c.send_until(&quit, b"+OK\r\n"), direct, "round {round}");
+        assert!(c.is_closed());
+    }
+}

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{Proxy, Redis};
+use support::{Conn, Proxy, Redis};
 
 fn setup() -> (Redis, Proxy) {
     let redis = Redis::start();
@@ -395,5 +395,37 @@ fn reset_right_behind_a_subscribe_lets_its_confirmation_through() {
             parts.fold(first, |acc, p| acc + "id:N" + p.split_once("\r\n").map_or(p, |(_, r)| r))
         };
         assert_eq!(read_all(&mut proxy.conn()), read_all(&mut redis.conn()), "{pipeline:?}");
+    }
+}
+
+/// What the proxy answers itself (QUIT, CLIENT SETNAME, ...) reaches a subscriber after the
+/// replies still due on its connection, in RESP2 and RESP3.
+#[test]
+fn a_subscriber_gets_the_proxys_own_answers_in_order() {
+    let (redis, proxy) = setup();
+    for hello in ["2", "3"] {
+        let script: &[&[&[u8]]] = &[
+            &[b"SUBSCRIBE", b"a", b"b", b"c"],
+            &[b"CLIENT", b"SETNAME", b"sub"],
+            &[b"PING"],
+            &[b"CLIENT", b"GETNAME"],
+            &[b"PSUBSCRIBE", b"p*"],
+            &[b"SELECT", b"0"],
+            &[b"UNSUBSCRIBE", b"a", b"b"],
+            &[b"QUIT"],
+        ];
+        let bytes: Vec<u8> = script.iter().flat_map(|c| Conn::encode(c)).collect();
+        let run = |mut c: Conn, who: &str| {
+            c.cmd(&["HELLO", hello]);
+            c.send_raw(&bytes);
+            // Three confirmations, five replies, two confirmations, QUIT's +OK.
+            let all: String = (0..11).map(|_| String::from_utf8_lossy(&c.read_reply()).into_owned()).collect();
+            assert!(c.is_closed(), "{who}, RESP{hello}: {all}");
+            all
+        };
+        let direct = run(redis.conn(), "direct");
+        for round in 0..5 {
+            assert_eq!(run(proxy.conn(), "respmesh"), direct, "RESP{hello}, round {round}");
+        }
     }
 }
