@@ -283,6 +283,37 @@ fn is_pong(reply: &[u8], token: &[u8]) -> bool {
     bulk(reply) || reply.strip_prefix(b"*2\r\n$4\r\npong\r\n".as_slice()).is_some_and(bulk)
 }
 
+/// Relays the complete replies in `rbuf` to a raw connection's `client`, one by one, up to and
+/// including the first that `is_end` (given to the client too if `relay_end`). Returns whether
+/// that reply came; a partial reply waits in `rbuf` for the rest.
+fn relay_whole_until(
+    client: &Rc<Client>,
+    rbuf: &mut BytesMut,
+    scanner: &mut ReplyScanner,
+    touched: &mut Vec<Rc<Client>>,
+    relay_end: bool,
+    is_end: impl Fn(&[u8]) -> bool,
+) -> Result<bool, String> {
+    if !touched.last().is_some_and(|l| Rc::ptr_eq(l, client)) {
+        touched.push(client.clone());
+    }
+    loop {
+        let len = match scanner.scan(rbuf) {
+            Ok(Scan::Complete { len }) => len,
+            Ok(Scan::Incomplete { .. }) => return Ok(false),
+            Err(e) => return Err(format!("unreadable reply from Redis: {e}")),
+        };
+        let end = is_end(&rbuf[..len]);
+        if !end || relay_end {
+            client.relay(&rbuf[..len]);
+        }
+        rbuf.advance(len);
+        if end {
+            return Ok(true);
+        }
+    }
+}
+
 /// Relays every complete MONITOR line in `rbuf` (a partial one waits for the rest).
 fn relay_monitor_lines(
     m: &mut Monitor,
@@ -1092,55 +1123,28 @@ impl Upstream {
         if inner.until_reset
             && let Some(client) = inner.raw.clone()
         {
-            if !touched.last().is_some_and(|l| Rc::ptr_eq(l, &client)) {
-                touched.push(client.clone());
+            if !relay_whole_until(&client, rbuf, scanner, touched, true, |r| r == replies::RESET)? {
+                return Ok(());
             }
-            loop {
-                let len = match scanner.scan(rbuf) {
-                    Ok(Scan::Complete { len }) => len,
-                    Ok(Scan::Incomplete { .. }) => return Ok(()),
-                    Err(e) => return Err(format!("unreadable reply from Redis: {e}")),
-                };
-                client.relay(&rbuf[..len]);
-                let reset = &rbuf[..len] == replies::RESET;
-                rbuf.advance(len);
-                if reset {
-                    rbuf.clear();
-                    inner.until_reset = false;
-                    inner.reset_answered = true;
-                    inner.raw = None;
-                    inner.retired = true;
-                    drop(inner);
-                    self.first_reply();
-                    return Ok(());
-                }
-            }
+            rbuf.clear();
+            inner.until_reset = false;
+            inner.reset_answered = true;
+            inner.raw = None;
+            inner.retired = true;
+            drop(inner);
+            self.first_reply();
+            return Ok(());
         }
         if let Some(token) = inner.until_marker.clone()
             && let Some(client) = inner.raw.clone()
         {
-            if !touched.last().is_some_and(|l| Rc::ptr_eq(l, &client)) {
-                touched.push(client.clone());
+            if !relay_whole_until(&client, rbuf, scanner, touched, false, |r| is_pong(r, &token))? {
+                return Ok(());
             }
-            loop {
-                let len = match scanner.scan(rbuf) {
-                    Ok(Scan::Complete { len }) => len,
-                    Ok(Scan::Incomplete { .. }) => return Ok(()),
-                    Err(e) => return Err(format!("unreadable reply from Redis: {e}")),
-                };
-                let marker = is_pong(&rbuf[..len], &token);
-                if !marker {
-                    client.relay(&rbuf[..len]);
-                }
-                rbuf.advance(len);
-                if marker {
-                    inner.until_marker = None;
-                    drop(inner);
-                    self.first_reply();
-                    inner = self.inner.borrow_mut();
-                    break;
-                }
-            }
+            inner.until_marker = None;
+            drop(inner);
+            self.first_reply();
+            inner = self.inner.borrow_mut();
         }
         if let Some(client) = &inner.raw {
             client.relay(rbuf);
