@@ -91,7 +91,7 @@ pub struct Session {
     pub(crate) subscriber: bool,
     /// Replies may still be due on the subscriber's connection, which relays them as they
     /// come; a reply from anywhere else waits for them (see `sync_subscriber`).
-    pub(crate) raw_unsynced: bool,
+    raw_unsynced: bool,
     /// `sync_subscriber` is waiting for the subscriber's connection.
     syncing: bool,
     /// Numbers the proxy's markers on the subscriber's connection.
