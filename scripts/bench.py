@@ -129,6 +129,10 @@ PER_RUN = {}
 ADMIN = {}
 BATCH = {}
 
+# Redis's own CPU microseconds per request behind each target (median), by (test, pipeline,
+# target), for the runs given Redis's pid: a proxy's batching shows in what Redis spends.
+REDIS_CPU = {}
+
 
 def upstream_batches(admin_port):
     """The proxy's writes of request batches to its shared upstream connections so far."""
@@ -138,10 +142,11 @@ def upstream_batches(admin_port):
                if line.startswith("respmesh_proxy_upstream_batches_total"))
 
 
-def measure(rows, targets, runs, requests):
+def measure(rows, targets, runs, requests, redis_pid=None):
     """GET and SET at pipeline 1 and 16 on every target, interleaved; medians into `rows`.
 
     targets: (name, port, pid of the proxy or None, whether redis-benchmark runs --cluster).
+    redis_pid: the one Redis behind every target, whose CPU per request goes into REDIS_CPU.
     """
     for test in ("get", "set"):
         for pipeline in (1, 16):
@@ -150,17 +155,24 @@ def measure(rows, targets, runs, requests):
                 redis_benchmark(port, test, 50, pipeline, n // 10, cluster=cluster)
             samples = {name: [] for name, _, _, _ in targets}
             batches = {name: [] for name, _, _, _ in targets if name in ADMIN}
+            redis_cpu = {name: [] for name, _, _, _ in targets}
             for _ in range(runs):
                 for name, port, pid, cluster in targets:
                     c0 = cpu_ns(pid) if pid else 0
+                    r0 = cpu_ns(redis_pid) if redis_pid else 0
                     b0 = upstream_batches(ADMIN[name]) if name in ADMIN else 0
                     rps, p50, p99 = redis_benchmark(port, test, 50, pipeline, n, cluster=cluster)
                     c1 = cpu_ns(pid) if pid else 0
+                    if redis_pid:
+                        redis_cpu[name].append((cpu_ns(redis_pid) - r0) / n / 1000.0)
                     if name in ADMIN:
                         batches[name].append(n / max(upstream_batches(ADMIN[name]) - b0, 1))
                     samples[name].append((rps, p50, p99, (c1 - c0) / n / 1000.0 if pid else None))
             for name, b in batches.items():
                 BATCH[(test, pipeline, name)] = statistics.median(b)
+            for name, r in redis_cpu.items():
+                if r:
+                    REDIS_CPU[(test, pipeline, name)] = statistics.median(r)
             for name, s in samples.items():
                 PER_RUN[(test, pipeline, name)] = [x[3] for x in s]
                 rows[(test, pipeline, name)] = (
@@ -277,7 +289,7 @@ def main():
         targets = [("direct", redis_port, None, False), ("twemproxy", tw_port, tw.pid, False),
                    ("respmesh", rm_port, rm.pid, False)]
         rows = {}
-        measure(rows, targets, args.runs, args.requests)
+        measure(rows, targets, args.runs, args.requests, redis_pid=redis.pid)
 
         # Policies: every key under a prefix route, every command mirrored (100%) to a second
         # Redis. redis-benchmark's keys all start with "key:".
@@ -361,7 +373,7 @@ services:
               if PROXY_CPUS else f"{CORES} cores shared by all")
     print(f"respmesh benchmark ({args.runs} runs each, medians; redis-benchmark -c 50 -d 16; 127.0.0.1; {layout})")
     print()
-    hdr = f"{'test':<5} {'P':>3} {'target':<10} {'ops/s':>11} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10} {'CPU vs tw':>9} {'ops vs tw':>9} {'ops vs direct':>13}"
+    hdr = f"{'test':<5} {'P':>3} {'target':<10} {'ops/s':>11} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10} {'CPU vs tw':>9} {'ops vs tw':>9} {'ops vs direct':>13} {'Redis us/req':>12}"
     print(hdr)
     print("-" * len(hdr))
     for test in ("get", "set"):
@@ -373,7 +385,7 @@ services:
                 cpu_s = f"{cpu:10.2f}" if cpu is not None else f"{'-':>10}"
                 cpu_r = f"{cpu / tw_row[3]:8.2f}x" if cpu is not None else f"{'-':>9}"
                 print(f"{test.upper():<5} {pipeline:>3} {name:<10} {rps:>11,.0f} {p50:>7.3f} {p99:>7.3f} {cpu_s} {cpu_r} "
-                      f"{rps / tw_row[0]:8.2f}x {rps / d_row[0]:12.2f}x")
+                      f"{rps / tw_row[0]:8.2f}x {rps / d_row[0]:12.2f}x {REDIS_CPU[(test, pipeline, name)]:12.2f}")
     print()
     print("Redis Cluster (3 primaries + 3 replicas): direct = redis-benchmark --cluster; respmesh in CLUSTER mode;")
     print("respmesh-cluster1: CLUSTER mode in front of a one-node cluster; standalone: respmesh in front of one Redis,")
