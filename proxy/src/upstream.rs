@@ -275,10 +275,14 @@ impl Inner {
 /// Whether `reply` answers `PING token`: a bulk string, or in a RESP2 subscriber's context
 /// `["pong", token]`.
 fn is_pong(reply: &[u8], token: &[u8]) -> bool {
+    // `$<len>\r\n<token>\r\n`, read without building the header (this runs for every reply
+    // relayed while a subscriber waits for its marker).
     let bulk = |r: &[u8]| {
-        r.strip_prefix(format!("${}\r\n", token.len()).as_bytes())
-            .and_then(|r| r.strip_prefix(token))
-            .is_some_and(|r| r == b"\r\n")
+        let Some(r) = r.strip_prefix(b"$") else { return false };
+        let Some(end) = r.iter().position(|&b| b == b'\r') else { return false };
+        let len = std::str::from_utf8(&r[..end]).ok().and_then(|n| n.parse::<usize>().ok());
+        len == Some(token.len())
+            && r[end..].strip_prefix(b"\r\n").and_then(|r| r.strip_prefix(token)).is_some_and(|r| r == b"\r\n")
     };
     bulk(reply) || reply.strip_prefix(b"*2\r\n$4\r\npong\r\n".as_slice()).is_some_and(bulk)
 }
