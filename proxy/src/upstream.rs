@@ -982,29 +982,8 @@ impl Upstream {
                 let mut inner = self.inner.borrow_mut();
                 inner.wake_queued = false;
                 inner.release_large_buffers();
-                if !inner.one_batch || (inner.awaiting == 0 && inner.batch_left == 0) {
-                    // A new batch: everything queued.
-                    let fresh = inner.batch_left == 0;
-                    inner.batch_left = inner.wbuf.len() - inner.written;
-                    inner.awaiting = inner.inflight.len();
-                    if fresh && inner.batch_left > 0 && self.kind == Kind::Shared {
-                        self.batches.inc();
-                    }
-                }
-                while inner.batch_left > 0 {
-                    let end = inner.written + inner.batch_left;
-                    match stream.try_write(&inner.wbuf[inner.written..end]) {
-                        Ok(n) => {
-                            inner.batch_left -= n;
-                            if inner.keep_sent {
-                                inner.written += n;
-                            } else {
-                                inner.wbuf.advance(n);
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) => return e.to_string(),
-                    }
+                if let Err(e) = self.write_batch(&mut inner, stream) {
+                    return e.to_string();
                 }
                 want_write = inner.batch_left > 0;
                 if inner.retired && inner.inflight.is_empty() && !want_write {
@@ -1035,6 +1014,14 @@ impl Upstream {
                                     if let Err(why) = self.dispatch(&mut rbuf, &mut scanner, &mut touched) {
                                         self.flush_touched(&mut touched);
                                         return why;
+                                    }
+                                    // The next batch goes before these replies go to their
+                                    // clients: Redis works on it meanwhile instead of going to
+                                    // sleep, and its replies are often there by the time the
+                                    // clients have theirs, so the proxy does not sleep either.
+                                    if let Err(e) = self.write_batch(&mut self.inner.borrow_mut(), stream) {
+                                        self.flush_touched(&mut touched);
+                                        return e.to_string();
                                     }
                                     // Replies that keep coming (large values, a long pipeline)
                                     // go out as they come rather than pile up in the proxy
@@ -1086,6 +1073,35 @@ impl Upstream {
                 }
             }
         }
+    }
+
+    /// Starts the next batch when the rule allows, and writes what the socket takes of it.
+    fn write_batch(&self, inner: &mut Inner, stream: &TcpStream) -> io::Result<()> {
+        if !inner.one_batch || (inner.awaiting == 0 && inner.batch_left == 0) {
+            // A new batch: everything queued.
+            let fresh = inner.batch_left == 0;
+            inner.batch_left = inner.wbuf.len() - inner.written;
+            inner.awaiting = inner.inflight.len();
+            if fresh && inner.batch_left > 0 && self.kind == Kind::Shared {
+                self.batches.inc();
+            }
+        }
+        while inner.batch_left > 0 {
+            let end = inner.written + inner.batch_left;
+            match stream.try_write(&inner.wbuf[inner.written..end]) {
+                Ok(n) => {
+                    inner.batch_left -= n;
+                    if inner.keep_sent {
+                        inner.written += n;
+                    } else {
+                        inner.wbuf.advance(n);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// Hands every complete reply in `rbuf` to its client.
