@@ -428,6 +428,20 @@ impl Flusher {
         f
     }
 
+    /// `client` has new output from a cluster node: written now when its read batch is
+    /// answered in full (nothing else is coming for it), else held for the rest as [`mark`]
+    /// does.
+    ///
+    /// [`mark`]: Flusher::mark
+    pub fn flush_or_mark(&self, client: &Rc<Client>) {
+        if !client.flush_queued.get() && client.out.borrow_mut().batch_done() {
+            client.held.set(0);
+            client.flush_from_upstream();
+        } else {
+            self.mark(client);
+        }
+    }
+
     /// `client` has new output; it is written after the tasks that are ready now have run.
     pub fn mark(&self, client: &Rc<Client>) {
         if !client.flush_queued.replace(true) {

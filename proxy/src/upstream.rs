@@ -1251,9 +1251,9 @@ impl Upstream {
 
     fn flush_touched(&self, touched: &mut Vec<Rc<Client>>) {
         if self.router.is_some() {
-            // Cluster nodes: a client's replies may come from several nodes in this round.
+            // Cluster nodes: a client's read batch may be waiting for replies of other nodes.
             for c in touched.drain(..) {
-                self.ctx.flusher.mark(&c);
+                self.ctx.flusher.flush_or_mark(&c);
             }
             return;
         }
