@@ -411,7 +411,8 @@ impl Client {
 
 /// Writes the output of clients that upstream tasks marked, once per turn of the event loop:
 /// a client whose pipeline spans several upstreams (cluster nodes) gets one write for the
-/// replies that arrived from all of them. A client still waiting for other replies of the same
+/// replies that arrived from all of them. (A client whose read batch is answered in full is
+/// written at once by the upstream that answered last: see [`Flusher::flush_or_mark`].) A client still waiting for other replies of the same
 /// read batch is held (see [`Client::end_batch`]), each for at most [`HOLD_TIME`] from the
 /// moment it was first held.
 pub struct Flusher {
