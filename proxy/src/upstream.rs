@@ -201,6 +201,10 @@ struct Inner {
     /// Redis less often) than a write per request that happens to arrive alone.
     /// Dedicated connections (subscribers, MONITOR) write at once.
     awaiting: usize,
+    /// Requests in the last batch written: more than one means the connection is busy, and a
+    /// request finding it idle waits for the upstream task to write it with whatever else
+    /// comes in the same scheduler round.
+    prev_batch: usize,
     batch_left: usize,
     one_batch: bool,
     inflight: VecDeque<InFlight>,
@@ -437,6 +441,7 @@ impl Upstream {
                 written: 0,
                 keep_sent,
                 awaiting: 0,
+                prev_batch: 0,
                 batch_left: 0,
                 one_batch: spec.kind == Kind::Shared,
                 inflight: VecDeque::new(),
@@ -537,16 +542,21 @@ impl Upstream {
         } else {
             self.stats.record_local(cmd, false);
         }
-        // An idle connection forms no batch to wait for: write at once, saving the hop to the
-        // upstream task (the latency of a lone client). A busy one batches.
+        // An idle connection whose last batch was a lone request forms no batch to wait for:
+        // write at once, saving the hop to the upstream task (the latency of a lone client).
+        // A busy one batches, and so does one that just was: after a batch of several, the
+        // first request of the next round waits for the upstream task like the rest of the
+        // round, instead of going alone and splitting the round into two batches.
         if inner.wbuf.is_empty()
             && !inner.keep_sent
+            && inner.prev_batch <= 1
             && inner.inflight.len() <= 1
             && let Some(stream) = &inner.stream
         {
             let result = stream.try_write(frame);
             if inner.one_batch {
                 inner.awaiting = 1;
+                inner.prev_batch = 1;
                 inner.batch_left = frame.len() - *result.as_ref().unwrap_or(&0);
             }
             if self.kind == Kind::Shared {
@@ -1082,6 +1092,9 @@ impl Upstream {
             let fresh = inner.batch_left == 0;
             inner.batch_left = inner.wbuf.len() - inner.written;
             inner.awaiting = inner.inflight.len();
+            if fresh && inner.batch_left > 0 {
+                inner.prev_batch = inner.awaiting;
+            }
             if fresh && inner.batch_left > 0 && self.kind == Kind::Shared {
                 self.batches.inc();
             }
