@@ -2,7 +2,7 @@
 #
 #   make demo    the seed's auth scenarios (1 and 2) against a real redis-server, no cluster needed
 #   make test    unit + integration tests (real redis-server processes on 127.0.0.1)
-#   make bench   direct Redis vs twemproxy vs respmesh-proxy, one table
+#   make bench   direct Redis vs twemproxy vs respmesh-proxy, one table (LAYOUT=pod|shared|split)
 #   make lint    rustfmt + clippy (warnings are errors)
 #   make fuzz    run the RESP parser fuzz targets for a while (FUZZ_SECONDS, default 60)
 #   make cluster-up / cluster-down   a local Kubernetes API (etcd + kube-apiserver) to try things
@@ -10,6 +10,8 @@
 
 SHELL := /bin/bash
 CACHE ?= $(HOME)/.cache/respmesh
+# Where `make bench` runs its processes (see scripts/bench.py).
+LAYOUT ?= pod
 export CARGO_TARGET_DIR ?= $(CACHE)/target
 export RESPMESH_CACHE := $(CACHE)
 CARGO ?= cargo

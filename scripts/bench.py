@@ -59,19 +59,44 @@ def rss_kib(pid):
     return 0
 
 
-# With --pin (and two or more cores): proxies on the last core, Redis and the load generator on
-# the others. Off by default: on a 2-core machine the shared core becomes the bottleneck and
-# cross-core wake-ups inflate every proxy's CPU per request.
+# Where the processes run (two or more cores; with one, everything shares it):
+# - pod (the default): Redis on its own cores, as on its own hosts in production; the load
+#   generator and the proxy on the others, as an application and its sidecar share their pod's
+#   CPUs. Direct Redis and twemproxy are measured the same way.
+# - shared: no pinning; the scheduler places everything. On a 2-core machine it decides run by
+#   run whether Redis shares the proxy's core (every upstream send then wakes a Redis process
+#   that preempts the proxy), which moves every proxy's CPU per request by up to a third.
+# - split: the proxies alone on the last core, Redis and the load generator on the others.
 CORES = os.cpu_count() or 1
+LAYOUTS = ("pod", "shared", "split")
+REDIS_CPUS = []
+BENCH_CPUS = []
 PROXY_CPUS = []
-OTHER_CPUS = []
 
 
-def set_pinning(on):
-    global PROXY_CPUS, OTHER_CPUS
-    if on and CORES >= 2:
+def cpu_list(cpus):
+    return [",".join(str(c) for c in cpus)]
+
+
+def set_layout(layout):
+    global REDIS_CPUS, BENCH_CPUS, PROXY_CPUS
+    if CORES < 2 or layout == "shared":
+        return
+    if layout == "pod":
+        half = CORES // 2
+        REDIS_CPUS = cpu_list(range(half))
+        BENCH_CPUS = PROXY_CPUS = cpu_list(range(half, CORES))
+    else:
         PROXY_CPUS = [str(CORES - 1)]
-        OTHER_CPUS = [",".join(str(c) for c in range(CORES - 1))]
+        REDIS_CPUS = BENCH_CPUS = cpu_list(range(CORES - 1))
+
+
+def describe_layout(layout):
+    if not REDIS_CPUS:
+        return f"{CORES} cores shared by all"
+    if layout == "pod":
+        return f"Redis on CPU {REDIS_CPUS[0]}; redis-benchmark and the proxies on CPU {PROXY_CPUS[0]}"
+    return f"proxies on CPU {PROXY_CPUS[0]}; Redis and redis-benchmark on CPU {REDIS_CPUS[0]}"
 
 
 def pinned(cpus, args):
@@ -86,7 +111,7 @@ def pin_process(pid, cpus):
 
 def redis_benchmark(port, test, clients, pipeline, requests, cluster=False, cpus=None):
     out = subprocess.run(
-        pinned(cpus or OTHER_CPUS, ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", test, "-c", str(clients),
+        pinned(cpus or BENCH_CPUS, ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", test, "-c", str(clients),
          "-P", str(pipeline), "-n", str(requests), "-r", "100000", "-d", "16", "--csv"]
                + (["--cluster"] if cluster else [])),
         check=True, capture_output=True, text=True,
@@ -196,7 +221,7 @@ def start_cluster_node(procs):
             break
     d = os.path.join(procs.dir, f"node-{p}")
     os.makedirs(d)
-    procs.start(pinned(OTHER_CPUS, ["redis-server", "--port", str(p), "--bind", "127.0.0.1", "--save", "",
+    procs.start(pinned(REDIS_CPUS, ["redis-server", "--port", str(p), "--bind", "127.0.0.1", "--save", "",
                                     "--appendonly", "no", "--dir", d, "--cluster-enabled", "yes",
                                     "--cluster-config-file", "nodes.conf"]), p)
     return p
@@ -251,14 +276,14 @@ def main():
     ap.add_argument("proxy")
     ap.add_argument("--requests", type=int, default=300000)
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--pin", action="store_true", help="pin proxies to their own core")
+    ap.add_argument("--layout", choices=LAYOUTS, default="pod", help="where the processes run (see LAYOUTS)")
     args = ap.parse_args()
-    set_pinning(args.pin)
+    set_layout(args.layout)
 
     procs = Procs()
     try:
         redis_port = free_port()
-        redis = procs.start(pinned(OTHER_CPUS, ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
+        redis = procs.start(pinned(REDIS_CPUS, ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
                                                 "--save", "", "--appendonly", "no", "--dir", procs.dir]), redis_port)
 
         tw_port, tw_stats = free_port(), free_port()
@@ -294,7 +319,7 @@ def main():
         # Policies: every key under a prefix route, every command mirrored (100%) to a second
         # Redis. redis-benchmark's keys all start with "key:".
         mirror_port = free_port()
-        procs.start(pinned(OTHER_CPUS, ["redis-server", "--port", str(mirror_port), "--bind", "127.0.0.1",
+        procs.start(pinned(REDIS_CPUS, ["redis-server", "--port", str(mirror_port), "--bind", "127.0.0.1",
                                         "--save", "", "--appendonly", "no", "--dir", procs.dir]), mirror_port)
         rp_port = free_port()
         rp_conf = os.path.join(procs.dir, "routes.yaml")
@@ -350,18 +375,18 @@ services:
         lat = {name: statistics.median(v) for name, v in p50s.items()}
         lat_cpu = {name: statistics.median(v) for name, v in cpu1.items()}
         # The same with every process on one CPU: what the proxy's own work adds, without the
-        # cross-CPU wake-ups (expensive on virtual machines) that the shared layout pays.
+        # cross-CPU wake-ups (expensive on virtual machines) that the two-CPU layouts pay.
         one_cpu = {}
         if CORES >= 2:
-            everything = set(range(CORES))
             servers = [redis.pid, tw.pid, rm.pid]
+            before = {pid: os.sched_getaffinity(pid) for pid in servers}
             for pid in servers:
                 pin_process(pid, {0})
             for name, port, _, _ in targets:
                 p50s = [redis_benchmark(port, "get", 1, 1, 20000, cpus=["0"])[1] for _ in range(args.runs)]
                 one_cpu[name] = statistics.median(p50s) * 1000.0
             for pid in servers:
-                pin_process(pid, everything)
+                pin_process(pid, before[pid])
 
         rss_idle, per_conn = idle_connections_rss(rm_port, rm.pid)
         tw_idle, tw_per_conn = idle_connections_rss(tw_port, tw.pid)
@@ -369,8 +394,7 @@ services:
         procs.stop()
 
     print()
-    layout = (f"proxies pinned to CPU {PROXY_CPUS[0]}, Redis and redis-benchmark to CPU {OTHER_CPUS[0]}"
-              if PROXY_CPUS else f"{CORES} cores shared by all")
+    layout = f"{args.layout} layout: {describe_layout(args.layout)}"
     print(f"respmesh benchmark ({args.runs} runs each, medians; redis-benchmark -c 50 -d 16; 127.0.0.1; {layout})")
     print()
     hdr = f"{'test':<5} {'P':>3} {'target':<10} {'ops/s':>11} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10} {'CPU vs tw':>9} {'ops vs tw':>9} {'ops vs direct':>13} {'Redis us/req':>12}"
