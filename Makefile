@@ -84,7 +84,7 @@ demo: deps release
 	@PROXY=$(PROXY_RELEASE) scripts/demo.sh
 
 bench: deps release
-	@PATH="$$PATH:/usr/sbin" python3 scripts/bench.py $(PROXY_RELEASE)
+	@PATH="$$PATH:/usr/sbin" python3 scripts/bench.py --layout $(LAYOUT) $(PROXY_RELEASE)
 
 lint:
 	@rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
