@@ -127,8 +127,9 @@ impl Out {
         debug_assert!(seq >= self.head && seq < self.next, "reply for an unknown request");
         let i = (seq - self.head) as usize;
         if i > 0 {
-            if self.parked.len() <= i {
-                self.parked.resize(i + 1, None);
+            // Mostly one slot short: pushing is cheaper than `resize`.
+            while self.parked.len() <= i {
+                self.parked.push_back(None);
             }
             if self.arena.len() > ARENA_COMPACT && self.arena.len() > 2 * self.arena_live {
                 self.compact_arena();
@@ -329,7 +330,7 @@ impl Client {
         }
         out.large |= out.buf.len() > RELEASE_OUT_ABOVE;
         while !out.buf.is_empty() {
-            match self.stream.try_write(&out.buf) {
+            match crate::net::try_send(&self.stream, &out.buf) {
                 Ok(n) => out.buf.advance(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     out.blocked = true;

@@ -12,7 +12,8 @@
 //! - [`admin`] and [`metrics`]: `/metrics`, `/ready`, `/live`, `/config`;
 //! - [`replies`]: every reply the proxy makes itself;
 //! - [`memory`]: giving freed memory back; [`os`]: the calls into the C library.
-// No unsafe code, except in `os`: the calls into the C library (allocator, open-file limit).
+// No unsafe code, except in `os`: the calls into the C library (allocator, open-file limit) and
+// the socket reads and writes of the hot path.
 #![deny(unsafe_code)]
 
 pub mod admin;

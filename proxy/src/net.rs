@@ -1,6 +1,7 @@
 //! Socket helpers shared by the client and upstream sides.
 
 use std::io;
+use std::os::fd::AsRawFd;
 
 use bytes::BytesMut;
 use tokio::io::Interest;
@@ -29,7 +30,7 @@ pub fn read_some(stream: &TcpStream, buf: &mut BytesMut, min_spare: usize) -> io
     let spare = buf.capacity() - buf.len();
     let mut got = 0;
     let result = stream.try_io(Interest::READABLE, || {
-        let n = stream.try_read_buf(buf)?;
+        let n = crate::os::recv(stream.as_raw_fd(), buf)?;
         got = n;
         if n > 0 && n < spare {
             // Drained: report WouldBlock so that tokio clears the readiness.
@@ -47,4 +48,9 @@ pub fn read_some(stream: &TcpStream, buf: &mut BytesMut, min_spare: usize) -> io
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Read::WouldBlock),
         Err(e) => Err(e),
     }
+}
+
+/// Writes once, as `TcpStream::try_write` does (readiness cleared on `WouldBlock`).
+pub fn try_send(stream: &TcpStream, data: &[u8]) -> io::Result<usize> {
+    stream.try_io(Interest::WRITABLE, || crate::os::send(stream.as_raw_fd(), data))
 }

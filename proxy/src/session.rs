@@ -10,7 +10,7 @@
 //! another, the proxy first waits for the replies still due on the old one, so that commands
 //! run in the order the client sent them.
 
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -120,8 +120,9 @@ pub struct Session {
     /// CLUSTER mode, CLIENT REPLY: OFF (no replies), SKIP (none for the next command).
     pub(crate) reply_off: bool,
     pub(crate) skip_next: bool,
-    /// CLUSTER mode: the primaries this client sent writes to (WAIT waits for them).
-    pub(crate) written: Vec<String>,
+    /// CLUSTER mode: the primaries this client sent writes to (WAIT waits for them), each with
+    /// the connection it was last noted for (to recognise it without comparing addresses).
+    pub(crate) written: Vec<(String, Weak<Upstream>)>,
     /// CLUSTER mode: one MONITOR connection per node while the client monitors.
     pub(crate) monitors: Vec<Rc<Upstream>>,
     /// CLUSTER mode: the connections of a WAIT (one per primary), closed if the client goes.

@@ -492,9 +492,20 @@ impl Session {
     }
 
     /// Remembers that this client wrote to `node` (for WAIT).
-    pub(crate) fn note_write(&mut self, cmd: CommandId, node: &Upstream) {
-        if cmd.has_flag(crate::command::flags::WRITE) && !self.written.iter().any(|a| a == node.endpoint()) {
-            self.written.push(node.endpoint().to_owned());
+    ///
+    /// Runs for every write, so a node already noted is recognised by its connection: a `Weak`
+    /// keeps the connection's allocation, so no other connection can have that address. A new
+    /// connection to a noted node (after a reconnect) replaces the old one's entry.
+    pub(crate) fn note_write(&mut self, cmd: CommandId, node: &Rc<Upstream>) {
+        if !cmd.has_flag(crate::command::flags::WRITE)
+            || self.written.iter().any(|(_, up)| std::ptr::eq(up.as_ptr(), Rc::as_ptr(node)))
+        {
+            return;
+        }
+        let up = Rc::downgrade(node);
+        match self.written.iter_mut().find(|(addr, _)| addr == node.endpoint()) {
+            Some(entry) => entry.1 = up,
+            None => self.written.push((node.endpoint().to_owned(), up)),
         }
     }
 
@@ -513,7 +524,7 @@ impl Session {
         }
         let primaries = router.primaries();
         let mut targets: Vec<(String, bool)> =
-            self.written.iter().filter(|a| primaries.contains(a)).map(|a| (a.clone(), true)).collect();
+            self.written.iter().filter(|(a, _)| primaries.contains(a)).map(|(a, _)| (a.clone(), true)).collect();
         if targets.is_empty() {
             // Nothing written: any primary gives the answer (its replicas in sync with nothing).
             match primaries.first() {

@@ -553,7 +553,7 @@ impl Upstream {
             && inner.inflight.len() <= 1
             && let Some(stream) = &inner.stream
         {
-            let result = stream.try_write(frame);
+            let result = crate::net::try_send(stream, frame);
             if inner.one_batch {
                 inner.awaiting = 1;
                 inner.prev_batch = 1;
@@ -1101,7 +1101,7 @@ impl Upstream {
         }
         while inner.batch_left > 0 {
             let end = inner.written + inner.batch_left;
-            match stream.try_write(&inner.wbuf[inner.written..end]) {
+            match crate::net::try_send(stream, &inner.wbuf[inner.written..end]) {
                 Ok(n) => {
                     inner.batch_left -= n;
                     if inner.keep_sent {
