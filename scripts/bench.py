@@ -171,17 +171,20 @@ def upstream_batches(admin_port):
 LOAD_SETS = 1_000_000
 
 
-def measure(rows, targets, runs, requests, redis_pid=None):
+def measure(rows, targets, runs, requests, redis_pid=None, load=None):
     """GET and SET at pipeline 1 and 16 on every target, interleaved; medians into `rows`.
 
     targets: (name, port, pid of the proxy or None, whether redis-benchmark runs --cluster).
     redis_pid: the one Redis behind every target, whose CPU per request goes into REDIS_CPU.
+    load: the names of the targets to write the keys through, one per Redis (or cluster) not
+    yet loaded; by default the first target.
     """
     # GET reads values: every key redis-benchmark draws from (-r 100000) is written first, as
     # a 16-byte value (a million random SETs leave about 5 of the 100,000 keys unwritten).
     # Against an empty Redis every GET would miss, and each reply would be a 5-byte nil.
-    for _, port, _, cluster in targets:
-        redis_benchmark(port, "set", 50, 16, LOAD_SETS, cluster=cluster)
+    for name, port, _, cluster in targets:
+        if name in (load if load is not None else [targets[0][0]]):
+            redis_benchmark(port, "set", 50, 16, LOAD_SETS, cluster=cluster)
     for test in ("get", "set"):
         for pipeline in (1, 16):
             n = requests * (4 if pipeline > 1 else 1)
@@ -354,7 +357,7 @@ services:
         # Plain respmesh again, interleaved with the policy runs: the ratio compares runs made
         # under the same conditions, not minutes apart.
         measure(rows, [("respmesh-plain", rm_port, rm.pid, False), ("respmesh-policy", rp_port, rp.pid, False)],
-                args.runs, args.requests)
+                args.runs, args.requests, load=[])
 
         # Redis Cluster: direct (a cluster-aware redis-benchmark) and respmesh in CLUSTER mode.
         # Also a cluster of one node: CLUSTER mode's own cost, without spreading the load.
@@ -366,7 +369,7 @@ services:
         ADMIN["standalone"] = ADMIN["respmesh"]
         measure(rows, [("standalone", rm_port, rm.pid, False), ("direct-cluster", cports[0], None, True),
                        ("respmesh-cluster", rc_port, rc.pid, False), ("respmesh-cluster1", r1_port, r1.pid, False)],
-                args.runs, args.requests)
+                args.runs, args.requests, load=["direct-cluster", "respmesh-cluster1"])
 
         # One client, no pipelining: the latency the proxy adds, and what one request costs the
         # proxy when it is alone. Also respmesh with --busy-poll 50us (it polls instead of

@@ -1,6 +1,6 @@
 //! The proxy's only calls into the C library: glibc's allocator settings and statistics, the
-//! open-file limit, and the socket reads and writes of the hot path. Everything here is a plain call with plain arguments; nothing is shared
-//! with the callee beyond them.
+//! open-file limit, and the socket reads and writes of the hot path. Everything here is a plain
+//! call with plain arguments; nothing is shared with the callee beyond them.
 
 /// Sets the size from which an allocation gets its own mapping, and how much free memory an
 /// arena keeps at its end. Fixing either stops glibc from raising both after large frees.
