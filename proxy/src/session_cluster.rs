@@ -497,9 +497,15 @@ impl Session {
     /// keeps the connection's allocation, so no other connection can have that address. A new
     /// connection to a noted node (after a reconnect) replaces the old one's entry.
     pub(crate) fn note_write(&mut self, cmd: CommandId, node: &Rc<Upstream>) {
-        if !cmd.has_flag(crate::command::flags::WRITE)
-            || self.written.iter().any(|(_, up)| std::ptr::eq(up.as_ptr(), Rc::as_ptr(node)))
-        {
+        if cmd.has_flag(crate::command::flags::WRITE) {
+            self.note_written(node);
+        }
+    }
+
+    /// See [`Session::note_write`]: `node` took a write.
+    #[inline]
+    fn note_written(&mut self, node: &Rc<Upstream>) {
+        if self.written.iter().any(|(_, up)| std::ptr::eq(up.as_ptr(), Rc::as_ptr(node))) {
             return;
         }
         let up = Rc::downgrade(node);
@@ -1241,8 +1247,10 @@ impl Session {
         if self.tracking.is_some() {
             return self.send_tracked(router, slot, req, frame);
         }
-        let read = req.cmd.has_flag(crate::command::flags::READONLY) && !req.cmd.has_flag(crate::command::flags::WRITE);
-        let node = match read.then(|| router.read_node(slot, self.proto)).flatten() {
+        use crate::command::flags::{READONLY, WRITE};
+        let flags = req.cmd.info().map_or(0, |i| i.flags);
+        let read = flags & (READONLY | WRITE) == READONLY;
+        let node = match (read && router.reads_elsewhere()).then(|| router.read_node(slot, self.proto)).flatten() {
             Some(replica) => Some(replica),
             None => router.slot_node(slot, self.proto),
         };
@@ -1252,7 +1260,9 @@ impl Session {
             self.worker.stats.record_local(req.cmd, true);
             return;
         };
-        self.note_write(req.cmd, &node);
+        if flags & WRITE != 0 {
+            self.note_written(&node);
+        }
         node.send_request(req, frame, false);
     }
 

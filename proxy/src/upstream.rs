@@ -1187,6 +1187,26 @@ impl Upstream {
             }
             return Ok(());
         }
+        let mut logged = 0;
+        let result = self.answer_replies(&mut inner, rbuf, scanner, touched, redirects, &mut logged);
+        if logged > 0 {
+            inner.wbuf.advance(logged);
+            inner.written = inner.written.saturating_sub(logged);
+        }
+        result
+    }
+
+    /// Hands each complete reply in `rbuf` to its request; `logged` counts the bytes of the
+    /// answered requests at the front of a cluster node's log.
+    fn answer_replies(
+        &self,
+        inner: &mut Inner,
+        rbuf: &mut BytesMut,
+        scanner: &mut ReplyScanner,
+        touched: &mut Vec<Rc<Client>>,
+        redirects: &mut Vec<(InFlight, Redirect)>,
+        logged: &mut usize,
+    ) -> Result<(), String> {
         let mut now = None;
         loop {
             let len = match scanner.scan(rbuf) {
@@ -1226,13 +1246,13 @@ impl Upstream {
                     && is_error(reply)
                     && let Some(r) = Redirect::parse(reply)
                 {
-                    req.frame = Some(Bytes::copy_from_slice(&inner.wbuf[..req.sent.min(inner.wbuf.len())]));
+                    let at = *logged;
+                    req.frame = Some(Bytes::copy_from_slice(&inner.wbuf[at..at + req.sent.min(inner.wbuf.len() - at)]));
                     redirect = Some(r);
                 }
-                // Answered: out of the log (Redis answers only what it has read whole).
-                let sent = req.sent.min(inner.wbuf.len());
-                inner.wbuf.advance(sent);
-                inner.written = inner.written.saturating_sub(sent);
+                // Answered: out of the log (Redis answers only what it has read whole), once
+                // the replies at hand are handled.
+                *logged += req.sent.min(inner.wbuf.len() - *logged);
             }
             if req.internal {
                 rbuf.advance(len);

@@ -184,6 +184,70 @@ fn moved_and_ask_are_followed_without_the_client_seeing_them() {
     assert!(proxy.log().contains("cluster topology updated"), "{}", proxy.log());
 }
 
+/// Redirected requests in the middle of a pipeline: the node's replies to the requests around
+/// them come in the same read, and each redirected request goes again as itself, in order.
+#[test]
+fn moved_requests_in_the_middle_of_a_pipeline_go_again_as_themselves() {
+    let cluster = Cluster::start_with(3, 0);
+    let proxy = proxy_for(&cluster);
+    let mut c = proxy.conn();
+    assert_eq!(c.cmd(&["SET", "warmup", "1"]), "+OK\r\n");
+    let slot = slot_of(&cluster, "{m}");
+    let source = cluster.primary_for(slot);
+    let target = cluster.nodes.iter().find(|n| n.port != source.port).unwrap();
+    // Keys that stay on `source`, in other slots than the one that moves.
+    let stay: Vec<String> = (0..10_000)
+        .map(|i| format!("stay:{i}"))
+        .filter(|k| {
+            let s = slot_of(&cluster, k);
+            s != slot && cluster.primary_for(s).port == source.port
+        })
+        .take(3)
+        .collect();
+    let target_id = target.conn().cmd(&["CLUSTER", "MYID"]).lines().nth(1).unwrap().to_owned();
+    // The slot (empty) moves; the proxy's map still says `source`.
+    for n in &cluster.nodes {
+        assert_eq!(n.conn().cmd(&["CLUSTER", "SETSLOT", &slot.to_string(), "NODE", &target_id]), "+OK\r\n");
+    }
+    let pipeline: Vec<Vec<&str>> = vec![
+        vec!["SET", &stay[0], "a"],
+        vec!["SET", "{m}1", "one"],
+        vec!["SET", &stay[1], "bb"],
+        vec!["SET", "{m}2", "two"],
+        vec!["GET", &stay[0]],
+        vec!["APPEND", "{m}1", "+"],
+        vec!["GET", &stay[1]],
+        vec!["GET", "{m}1"],
+        vec!["SET", &stay[2], "ccc"],
+    ];
+    let mut bytes = Vec::new();
+    for cmd in &pipeline {
+        let args: Vec<&[u8]> = cmd.iter().map(|a| a.as_bytes()).collect();
+        bytes.extend(support::Conn::encode(&args));
+    }
+    c.send_raw(&bytes);
+    let replies: Vec<String> = pipeline.iter().map(|_| String::from_utf8(c.read_reply()).unwrap()).collect();
+    assert_eq!(
+        replies,
+        [
+            "+OK\r\n",
+            "+OK\r\n",
+            "+OK\r\n",
+            "+OK\r\n",
+            "$1\r\na\r\n",
+            ":4\r\n",
+            "$2\r\nbb\r\n",
+            "$4\r\none+\r\n",
+            "+OK\r\n"
+        ]
+    );
+    let mut t = target.conn();
+    assert_eq!(t.cmd(&["GET", "{m}1"]), "$4\r\none+\r\n");
+    assert_eq!(t.cmd(&["GET", "{m}2"]), "$3\r\ntwo\r\n");
+    let mut s = source.conn();
+    assert_eq!(s.cmd(&["GET", &stay[2]]), "$3\r\nccc\r\n");
+}
+
 #[test]
 fn an_unreachable_cluster_is_reported_clearly() {
     let port = support::free_port();
