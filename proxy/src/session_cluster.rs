@@ -105,6 +105,7 @@ impl Keyless {
 }
 
 impl Session {
+    #[inline]
     fn router(&mut self) -> Rc<ClusterRouter> {
         if let Some(r) = &self.router
             && !self.routing
@@ -1132,20 +1133,27 @@ impl Session {
     }
 
     /// Makes sure the topology is known; `Err` is the step to take meanwhile.
+    #[inline]
     pub(crate) fn topology_ready(&mut self, cmd: CommandId) -> Result<Rc<ClusterRouter>, Step> {
         let router = self.router();
         if router.ready() {
             return Ok(router);
         }
+        Err(self.topology_unknown(&router, cmd))
+    }
+
+    /// No topology yet: the error of the first refresh, or a wait for it.
+    #[cold]
+    fn topology_unknown(&mut self, router: &Rc<ClusterRouter>, cmd: CommandId) -> Step {
         if let Some(why) = router.unavailable() {
             let reply = format!("-CLUSTERDOWN respmesh: cannot learn the topology of {}: {why}\r\n", self.svc.host)
                 .replace(['\r', '\n'], " ");
             let reply = format!("{}\r\n", reply.trim_end());
-            return Err(self.reply_local(cmd, reply.as_bytes()));
+            return self.reply_local(cmd, reply.as_bytes());
         }
         // The first refresh is under way: handle this command again when it is done.
         router.wait_ready(&self.client);
-        Err(Step::Drain)
+        Step::Drain
     }
 
     fn now(&mut self) -> Instant {
@@ -1236,6 +1244,7 @@ impl Session {
         Step::Done
     }
 
+    #[inline]
     fn send_to_slot(&mut self, router: &Rc<ClusterRouter>, slot: u16, frame: &[u8], cmd: CommandId) {
         let seq = self.client.issue();
         let mut req = InFlight::new(self.client.clone(), seq, cmd, self.now(), true);

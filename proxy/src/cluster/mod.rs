@@ -143,7 +143,8 @@ impl ClusterRouter {
     }
 
     /// The shared connection to the primary serving `slot`, without allocating: connections are
-    /// cached per shard and protocol until the topology changes.
+    /// cached per shard and protocol until the topology changes. (Shared connections never
+    /// die, they reconnect: a cached one is always usable.)
     #[inline]
     pub fn slot_node(&self, slot: u16, proto: u8) -> Option<Rc<Upstream>> {
         let shard = {
@@ -155,9 +156,8 @@ impl ClusterRouter {
             shard as usize
         };
         let p = usize::from(proto >= 3);
-        if let Some(Some(up)) = self.by_shard.borrow()[p].get(shard)
-            && up.is_usable()
-        {
+        if let Some(Some(up)) = self.by_shard.borrow()[p].get(shard) {
+            debug_assert!(up.is_usable(), "a shared node connection died");
             return Some(up.clone());
         }
         let addr = self.primary(slot)?;
