@@ -1259,7 +1259,7 @@ impl Session {
         use crate::command::flags::{READONLY, WRITE};
         let flags = req.cmd.info().map_or(0, |i| i.flags);
         let read = flags & (READONLY | WRITE) == READONLY;
-        let node = match (read && router.reads_elsewhere()).then(|| router.read_node(slot, self.proto)).flatten() {
+        let node = match read.then(|| router.read_node(slot, self.proto)).flatten() {
             Some(replica) => Some(replica),
             None => router.slot_node(slot, self.proto),
         };

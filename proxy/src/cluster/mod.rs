@@ -45,8 +45,6 @@ pub struct ClusterRouter {
     /// Standalone endpoints sharded by consistent hashing, not a Redis Cluster.
     sharded: bool,
     svc: RefCell<Arc<ServiceRt>>,
-    /// The service's read policy is not `MASTER`: reads may go to replicas.
-    reads_elsewhere: Cell<bool>,
     topology: RefCell<Option<Topology>>,
     /// Why the last refresh failed, while no topology is known.
     last_error: RefCell<Option<String>>,
@@ -70,7 +68,6 @@ impl ClusterRouter {
         let topology = sharded.then(|| ring::topology(&svc.endpoints));
         let router = Rc::new_cyclic(|me| ClusterRouter {
             sharded,
-            reads_elsewhere: Cell::new(svc.read_policy != ReadPolicy::Master),
             svc: RefCell::new(svc),
             topology: RefCell::new(topology),
             last_error: RefCell::new(None),
@@ -103,14 +100,7 @@ impl ClusterRouter {
         for up in self.nodes.borrow().values() {
             up.update_service(svc.clone(), self.max_depth);
         }
-        self.reads_elsewhere.set(svc.read_policy != ReadPolicy::Master);
         *self.svc.borrow_mut() = svc;
-    }
-
-    /// Whether read-only commands may go elsewhere than the primary ([`ClusterRouter::read_node`]).
-    #[inline]
-    pub fn reads_elsewhere(&self) -> bool {
-        self.reads_elsewhere.get()
     }
 
     /// Stops refreshing and closes the node connections once idle.
